@@ -1,0 +1,1 @@
+"""Platform protocols: Label Studio and CVAT payloads in, backend calls, platform shapes out."""

@@ -1,0 +1,58 @@
+"""JSON error answers shared by the HTTP adapters: always say what to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from pydantic import ValidationError
+from werkzeug.exceptions import BadRequest, HTTPException
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def error_response(status: int, message: str, **extra: Any) -> tuple[Response, int]:
+    return jsonify({"status": "error", "error": message, **extra}), status
+
+
+def json_body() -> Any:
+    """The request's JSON, or ApiError(400) saying why it is not usable."""
+    if not request.data:
+        raise ApiError(400, "the request body is empty; send JSON")
+    try:
+        return request.get_json(force=True)
+    except BadRequest as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc.description}") from exc
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{where}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+        return error_response(exc.status, exc.message, **exc.extra)
+
+    @app.errorhandler(ValidationError)
+    def _validation(exc: ValidationError):  # type: ignore[no-untyped-def]
+        return error_response(400, validation_message(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
+        return error_response(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")

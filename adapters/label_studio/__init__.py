@@ -1,0 +1,1 @@
+"""The Label Studio ML-backend protocol (wire-compatible with label-studio-ml-backend)."""

@@ -1,0 +1,141 @@
+"""The Label Studio ML-backend HTTP protocol: /health /setup /predict /webhook /versions /metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from flask import Flask, Response, g, jsonify, request
+
+from adapters.http_errors import ApiError, install_error_handlers, json_body
+from adapters.label_studio.config import ConfigError, ServingPlan, parse_label_config
+from adapters.label_studio.connections import Connections, ProjectConnection
+from adapters.label_studio.payloads import (
+    TRAINING_ACTIONS,
+    PredictRequest,
+    SetupRequest,
+    WebhookEvent,
+    project_id,
+)
+from adapters.label_studio.predictor import Predictor, plan_version
+from adapters.label_studio.webhook import record_training_event
+from adapters.metrics import LATENCY, REQUESTS, WEBHOOK_EVENTS, exposition
+from backends.errors import BackendError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def _plan(config: str | None) -> ServingPlan:
+    try:
+        return parse_label_config(config or "")
+    except ConfigError as exc:
+        raise ApiError(422, str(exc)) from exc
+
+
+def create_app(predictor: Predictor | None = None) -> Flask:
+    app = Flask("labelpilot")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    install_error_handlers(app)
+    predictor = predictor or Predictor()
+    connections = Connections()
+    auth_user, auth_pass = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+
+    @app.before_request
+    def _start() -> Response | None:
+        g.started = time.perf_counter()
+        if auth_user and auth_pass:
+            given = request.authorization
+            ok = given is not None and hmac.compare_digest(given.username or "", auth_user) \
+                and hmac.compare_digest(given.password or "", auth_pass)
+            if not ok:
+                response = jsonify({"status": "error", "error": "HTTP basic auth required: set "
+                                    "the backend's user/password in the LS model settings"})
+                response.status_code = 401
+                response.headers["WWW-Authenticate"] = 'Basic realm="labelpilot"'
+                return response
+        return None
+
+    @app.after_request
+    def _measure(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unknown"
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        LATENCY.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> Any:
+        return {"status": "UP", "model_class": "labelpilot", "v2": True,
+                "models_loaded": predictor.models.loaded()}
+
+    @app.post("/setup")
+    def setup() -> Any:
+        req = SetupRequest.model_validate(json_body())
+        plan = _plan(req.schema_)
+        connections.remember(req.project_id, ProjectConnection(req.hostname, req.access_token,
+                                                               req.schema_))
+        return {"model_version": plan_version(plan)}
+
+    @app.post("/predict")
+    def predict() -> Any:
+        req = PredictRequest.model_validate(json_body())
+        pid = req.project_id
+        config = req.label_config or connections.get(pid).label_config
+        plan = _plan(config)
+        if req.params and req.params.context and req.params.context.result:
+            raise ApiError(422, "this project's label config has no interactive (SAM) model; "
+                           "turn Auto-Annotation off or add a SAM control (label_config/sam_*.xml)")
+        try:
+            results = predictor.predict(req.tasks, plan, connections.image_source(pid))
+        except ModelLoadError as exc:
+            raise ApiError(503, str(exc)) from exc
+        except BackendError as exc:
+            raise ApiError(422, str(exc)) from exc
+        errors = [{"task": t.id, "error": r["error"]} for t, r in zip(req.tasks, results,
+                                                                      strict=True) if "error" in r]
+        body: dict[str, Any] = {"results": results}
+        if errors:
+            body["errors"] = errors
+        return body
+
+    @app.post("/webhook")
+    def webhook() -> Any:
+        event = WebhookEvent.model_validate(json_body())
+        if event.action not in TRAINING_ACTIONS:
+            WEBHOOK_EVENTS.labels(event.action, "ignored").inc()
+            return {"status": "Unknown event", "action": event.action}
+        try:
+            event.check_for_training()
+        except ValueError as exc:
+            WEBHOOK_EVENTS.labels(event.action, "invalid").inc()
+            raise ApiError(400, str(exc)) from exc
+        try:
+            entry = record_training_event(event)
+        except redis.RedisError as exc:
+            WEBHOOK_EVENTS.labels(event.action, "redis_down").inc()
+            raise ApiError(503, f"event not recorded: Redis is unavailable ({exc}); "
+                                "Label Studio will not resend it, retrain with 'Start training'"
+                           ) from exc
+        WEBHOOK_EVENTS.labels(event.action, "recorded").inc()
+        return jsonify({"status": "ok", "action": event.action, "project": event.project_id,
+                        "event_id": entry}), 201
+
+    @app.route("/versions", methods=["GET", "POST"])
+    def versions() -> Any:
+        body = request.get_json(silent=True) or {}
+        pid = project_id(request.args.get("project") or body.get("project"))
+        config = connections.get(pid).label_config
+        if not config:
+            return {"versions": []}
+        return {"versions": [plan_version(_plan(config))]}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        payload, content_type = exposition()
+        return Response(payload, content_type=content_type)
+
+    return app

@@ -1,0 +1,158 @@
+"""Label config → which controls we serve, with which model, labels and threshold."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal
+
+ControlKind = Literal["rectangle", "obb", "polygon", "brush", "keypoint", "choices"]
+
+# Which model tasks can produce what each control needs.
+COMPATIBLE_TASKS: dict[ControlKind, frozenset[str]] = {
+    "rectangle": frozenset({"detect", "segment", "pose", "obb"}),
+    "obb": frozenset({"obb"}),
+    "polygon": frozenset({"segment"}),
+    "brush": frozenset({"segment"}),
+    "keypoint": frozenset({"pose"}),
+    "choices": frozenset({"classify"}),
+}
+DEFAULT_TASK: dict[ControlKind, str] = {
+    "rectangle": "detect", "obb": "obb", "polygon": "segment", "brush": "segment",
+    "keypoint": "pose", "choices": "classify",
+}
+RESULT_TYPE: dict[ControlKind, str] = {
+    "rectangle": "rectanglelabels", "obb": "rectanglelabels", "polygon": "polygonlabels",
+    "brush": "brushlabels", "keypoint": "keypointlabels", "choices": "choices",
+}
+_DEFAULT_MODELS = {"detect": "yolo11n.pt", "segment": "yolo11n-seg.pt", "pose": "yolo11n-pose.pt",
+                   "obb": "yolo11n-obb.pt", "classify": "yolo11n-cls.pt"}
+_TAG_KIND: dict[str, ControlKind] = {
+    "RectangleLabels": "rectangle", "PolygonLabels": "polygon", "BrushLabels": "brush",
+    "KeyPointLabels": "keypoint", "Choices": "choices",
+}
+
+
+class ConfigError(ValueError):
+    """The label config has nothing this backend can serve, or is not a valid config."""
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One control of the config that a model fills in."""
+
+    name: str
+    to_name: str
+    kind: ControlKind
+    image_key: str  # key in task.data holding the image URL
+    labels: tuple[str, ...]
+    label_map: dict[str, str] = field(hash=False)  # lower-case model class → LS label
+    keypoint_labels: dict[int, str] = field(hash=False)  # keypoint index → LS label
+    model_ref: str
+    threshold: float
+    point_threshold: float
+
+    @property
+    def result_type(self) -> str:
+        return RESULT_TYPE[self.kind]
+
+    def label_for(self, class_name: str) -> str | None:
+        return self.label_map.get(class_name.lower())
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    controls: tuple[ControlSpec, ...]
+    ignored: tuple[str, ...]  # why other controls of the config are not served
+
+    def by_model(self) -> dict[str, list[ControlSpec]]:
+        groups: dict[str, list[ControlSpec]] = {}
+        for control in self.controls:
+            groups.setdefault(control.model_ref, []).append(control)
+        return groups
+
+
+def default_model(task: str) -> str:
+    """Per-task default, overridable with LABELPILOT_MODEL_<TASK> (e.g. LABELPILOT_MODEL_DETECT)."""
+    return os.environ.get(f"LABELPILOT_MODEL_{task.upper()}", _DEFAULT_MODELS[task])
+
+
+def default_threshold() -> float:
+    return float(os.environ.get("LABELPILOT_SCORE_THRESHOLD", "0.25"))
+
+
+@lru_cache(maxsize=64)
+def parse_label_config(config: str) -> ServingPlan:
+    """Parse an LS label config. Raises ConfigError when nothing in it can be served."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    if not config or not config.strip():
+        raise ConfigError("the label config is empty")
+    try:
+        interface = LabelInterface(config)
+    except Exception as exc:  # the SDK raises several XML/validation error kinds
+        raise ConfigError(f"the label config is not valid XML/LS config: {exc}") from exc
+    controls: list[ControlSpec] = []
+    ignored: list[str] = []
+    for control in interface.controls:
+        spec_or_reason = _control_spec(control)
+        if isinstance(spec_or_reason, str):
+            ignored.append(spec_or_reason)
+        else:
+            controls.append(spec_or_reason)
+    if not controls:
+        reasons = "; ".join(ignored) or "it has no control tags"
+        raise ConfigError(
+            "nothing in this label config can be served: " + reasons + ". labelpilot serves "
+            "RectangleLabels, PolygonLabels, BrushLabels, KeyPointLabels and Choices on an Image "
+            "(see label_config/ for working examples)"
+        )
+    return ServingPlan(tuple(controls), tuple(ignored))
+
+
+def _truthy(value: object) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def _control_spec(control: object) -> ControlSpec | str:
+    tag = getattr(control, "tag", "?")
+    name = getattr(control, "name", "?")
+    attrs: dict[str, str] = dict(getattr(control, "attr", {}) or {})
+    kind = _TAG_KIND.get(tag)
+    if kind is None:
+        return f"{tag} '{name}' is not a control type labelpilot predicts"
+    images = [o for o in getattr(control, "objects", []) if o.tag == "Image"]
+    if not images:
+        return f"{tag} '{name}' is not attached to an Image"
+    if _truthy(attrs.get("smart", "")) and "model_path" not in attrs:
+        return f"{tag} '{name}' is a smart (interactive prompt) control"
+    if kind == "rectangle" and _truthy(attrs.get("model_obb", "")):
+        kind = "obb"
+    labels = tuple(getattr(control, "labels", ()) or ())
+    label_attrs = getattr(control, "labels_attrs", {}) or {}
+    label_map: dict[str, str] = {}
+    keypoint_labels: dict[int, str] = {}
+    for position, label in enumerate(labels):
+        la = dict(getattr(label_attrs.get(label), "attr", {}) or {})
+        for alias in (la.get("predicted_values") or "").split(","):
+            if alias.strip():
+                label_map.setdefault(alias.strip().lower(), label)
+        label_map.setdefault(label.lower(), label)
+        if kind == "keypoint":
+            index = la.get("model_index")
+            keypoint_labels[int(index) if index not in (None, "") else position] = label
+    image = images[0]
+    value = str(getattr(image, "value", "") or "")
+    return ControlSpec(
+        name=name,
+        to_name=image.name,
+        kind=kind,
+        image_key=value.lstrip("$"),
+        labels=labels,
+        label_map=label_map,
+        keypoint_labels=keypoint_labels,
+        model_ref=attrs.get("model_path") or default_model(DEFAULT_TASK[kind]),
+        threshold=float(attrs.get("model_score_threshold", default_threshold())),
+        point_threshold=float(attrs.get("model_point_threshold", "0.5")),
+    )

@@ -1,0 +1,157 @@
+"""Fetching task images the way Label Studio stores them, only from hosts the admin allows.
+
+Handles `/data/upload/...`, `/data/local-files/?d=...` (relative or absolute; read from disk when
+LOCAL_FILES_DOCUMENT_ROOT is set), cloud links (`s3://`, `gs://`, `azure-blob://`) resolved
+through LS's presign endpoint, and plain http(s) URLs.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urljoin, urlsplit
+
+import requests
+
+from adapters.label_studio.auth import LabelStudioAuthError, TokenAuth
+
+_CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:", "azure-spi:")
+_MAX_REDIRECTS = 3
+
+
+class ImageSourceError(Exception):
+    """The image could not be fetched; the message says why and what to change."""
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.hostname or "").lower() + (f":{parts.port}" if parts.port else "")
+
+
+@dataclass
+class ImageSource:
+    """Where images come from for one Label Studio server."""
+
+    ls_url: str | None
+    auth: TokenAuth | None = None
+    allowed_hosts: frozenset[str] = frozenset()
+    max_bytes: int = 50 * 1024 * 1024
+    local_files_root: Path | None = None
+    timeout: float = 15.0
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        self.ls_url = self.ls_url.rstrip("/") if self.ls_url else None
+        hosts = {h.lower() for h in self.allowed_hosts}
+        if self.ls_url:
+            hosts.add(_host(self.ls_url))
+        self._hosts = frozenset(hosts)
+
+    def host_allowed(self, url: str) -> bool:
+        host = _host(url)
+        bare = host.split(":")[0]
+        return host in self._hosts or bare in self._hosts or "*" in self._hosts
+
+    def fetch(self, url: str, task_id: int | None = None) -> bytes:
+        """The image's bytes, or ImageSourceError."""
+        if not isinstance(url, str) or not url.strip():
+            raise ImageSourceError("the task has no image URL in its data")
+        url = url.strip()
+        if url.startswith(_CLOUD_PREFIXES):
+            return self._fetch_cloud(url, task_id)
+        local = self._local_file(url)
+        if local is not None:
+            return self._read_file(local)
+        if url.startswith("/"):
+            if not self.ls_url:
+                raise ImageSourceError(
+                    f"'{url}' is relative to Label Studio, but its address is unknown: set "
+                    "LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) for the backend")
+            url = self.ls_url + url
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise ImageSourceError(f"unsupported image URL scheme in '{url[:80]}'")
+        if not self.host_allowed(url):
+            raise ImageSourceError(
+                f"host '{_host(url)}' is not allowed; add it to LABELPILOT_ALLOWED_HOSTS "
+                f"(allowed now: {', '.join(sorted(self._hosts)) or 'none'})")
+        return self._download(url)
+
+    def _fetch_cloud(self, uri: str, task_id: int | None) -> bytes:
+        if not self.ls_url or task_id is None:
+            raise ImageSourceError(
+                f"cloud link '{uri[:80]}' is resolved through Label Studio: set LABEL_STUDIO_URL "
+                "and send the task id")
+        fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
+        return self._download(f"{self.ls_url}/tasks/{task_id}/presign/?fileuri={fileuri}",
+                              trust_redirects=True)
+
+    def _local_file(self, url: str) -> Path | None:
+        """The disk path for a local-files URL when the document root is known here."""
+        if self.local_files_root is None:
+            return None
+        parts = urlsplit(url)
+        if not parts.path.rstrip("/").endswith("/data/local-files"):
+            return None
+        if parts.netloc and (not self.ls_url or _host(url) != _host(self.ls_url)):
+            return None
+        relative = unquote(parse_qs(parts.query).get("d", [""])[0])
+        root = self.local_files_root.resolve()
+        path = (root / relative).resolve()
+        if not relative or not path.is_relative_to(root):
+            raise ImageSourceError(f"local file '{relative}' is outside the document root")
+        return path
+
+    def _read_file(self, path: Path) -> bytes:
+        try:
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                raise ImageSourceError(self._too_big(size))
+            return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise ImageSourceError(f"local file '{path}' does not exist") from exc
+
+    def _too_big(self, size: int) -> str:
+        return (f"the image is {size} bytes, over the limit of {self.max_bytes} "
+                "(set LABELPILOT_MAX_IMAGE_BYTES to raise it)")
+
+    def _headers_for(self, url: str) -> dict[str, str]:
+        if self.auth is None or not self.ls_url or _host(url) != _host(self.ls_url):
+            return {}
+        try:
+            return self.auth.header()
+        except LabelStudioAuthError as exc:
+            raise ImageSourceError(str(exc)) from exc
+
+    def _download(self, url: str, trust_redirects: bool = False) -> bytes:
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                response = self.session.get(url, headers=self._headers_for(url), stream=True,
+                                            timeout=self.timeout, allow_redirects=False)
+            except requests.RequestException as exc:
+                raise ImageSourceError(f"could not download {url}: {exc}") from exc
+            with response:
+                if response.is_redirect:
+                    target = urljoin(url, response.headers.get("Location", ""))
+                    if not (trust_redirects or self.host_allowed(target)):
+                        raise ImageSourceError(
+                            f"{url} redirects to host '{_host(target)}', which is not allowed")
+                    url = target
+                    continue
+                if response.status_code != 200:
+                    hint = " (check LABEL_STUDIO_API_KEY)" if response.status_code in (
+                        401, 403) else ""
+                    raise ImageSourceError(
+                        f"download of {url} failed: HTTP {response.status_code}{hint}")
+                declared = int(response.headers.get("Content-Length") or 0)
+                if declared > self.max_bytes:
+                    raise ImageSourceError(self._too_big(declared))
+                chunks: list[bytes] = []
+                total = 0
+                for chunk in response.iter_content(256 * 1024):
+                    total += len(chunk)
+                    if total > self.max_bytes:
+                        raise ImageSourceError(self._too_big(total))
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        raise ImageSourceError(f"too many redirects fetching {url}")

@@ -1,0 +1,136 @@
+"""Our shapes → Label Studio result JSON (percent coordinates, brush RLE, choices)."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from adapters.label_studio.config import ControlSpec
+from backends.geometry import instance_mask, mask_to_polygon, rotated_corners
+from backends.shapes import Instance, Prediction
+
+KEYPOINT_SIZE_PERCENT = 0.75
+
+
+def region_id() -> str:
+    return secrets.token_urlsafe(8)[:10]
+
+
+def _base(control: ControlSpec, prediction: Prediction, score: float) -> dict[str, Any]:
+    return {
+        "id": region_id(),
+        "from_name": control.name,
+        "to_name": control.to_name,
+        "type": control.result_type,
+        "original_width": prediction.width,
+        "original_height": prediction.height,
+        "image_rotation": 0,
+        "score": round(float(score), 4),
+    }
+
+
+def rectangle_value(instance: Instance, width: int, height: int) -> dict[str, float]:
+    """LS rectangle: top-left corner (before rotation), size in percent, rotation in degrees."""
+    if instance.rotated is not None:
+        r = instance.rotated
+        x, y = rotated_corners(r)[0]
+        w, h, rotation = r.width, r.height, math.degrees(r.angle) % 360
+    elif instance.box is not None:
+        b = instance.box
+        x, y, w, h, rotation = b.x1, b.y1, b.x2 - b.x1, b.y2 - b.y1, 0.0
+    else:
+        raise ValueError("instance has no box")
+    return {"x": 100 * x / width, "y": 100 * y / height, "width": 100 * w / width,
+            "height": 100 * h / height, "rotation": rotation}
+
+
+def _rectangle(control: ControlSpec, p: Prediction, i: Instance, label: str) -> list[dict]:
+    value = rectangle_value(i, p.width, p.height)
+    value["rectanglelabels"] = [label]
+    return [{**_base(control, p, i.score), "value": value}]
+
+
+def _polygon(control: ControlSpec, p: Prediction, i: Instance, label: str) -> list[dict]:
+    points = list(i.polygon or ()) or (mask_to_polygon(i.mask) if i.mask is not None else [])
+    if len(points) < 3:
+        return []
+    pts = [[100 * x / p.width, 100 * y / p.height] for x, y in points]
+    return [{**_base(control, p, i.score),
+             "value": {"points": pts, "closed": True, "polygonlabels": [label]}}]
+
+
+def _brush(control: ControlSpec, p: Prediction, i: Instance, label: str) -> list[dict]:
+    from label_studio_sdk.converter.brush import mask2rle
+
+    mask = instance_mask(i, p.width, p.height)
+    if not mask.any():
+        return []
+    rle = mask2rle(mask.astype(np.uint8) * 255)
+    return [{**_base(control, p, i.score),
+             "value": {"format": "rle", "rle": rle, "brushlabels": [label]}}]
+
+
+def _keypoints(control: ControlSpec, p: Prediction, i: Instance, _label: str) -> list[dict]:
+    out = []
+    for k in i.keypoints or ():
+        kp_label = control.keypoint_labels.get(k.index)
+        if kp_label is None or k.score < control.point_threshold:
+            continue
+        value = {"x": 100 * k.x / p.width, "y": 100 * k.y / p.height,
+                 "width": KEYPOINT_SIZE_PERCENT, "keypointlabels": [kp_label]}
+        out.append({**_base(control, p, k.score * i.score), "value": value})
+    return out
+
+
+_REGION_BUILDERS: dict[str, Callable[[ControlSpec, Prediction, Instance, str], list[dict]]] = {
+    "rectangle": _rectangle, "obb": _rectangle, "polygon": _polygon, "brush": _brush,
+    "keypoint": _keypoints,
+}
+
+
+def control_results(control: ControlSpec, prediction: Prediction) -> list[dict[str, Any]]:
+    """All LS regions one control gets from one model prediction (threshold and labels applied)."""
+    if control.kind == "choices":
+        return _choices(control, prediction)
+    build = _REGION_BUILDERS[control.kind]
+    regions: list[dict[str, Any]] = []
+    for instance in prediction.instances:
+        if instance.score < control.threshold:
+            continue
+        if control.kind == "keypoint":
+            label = ""  # keypoint labels come from the keypoint index
+        else:
+            mapped = control.label_for(instance.class_name)
+            if mapped is None:
+                continue
+            label = mapped
+        regions.extend(build(control, prediction, instance, label))
+    return regions
+
+
+def _choices(control: ControlSpec, prediction: Prediction) -> list[dict[str, Any]]:
+    for candidate in prediction.classes:
+        label = control.label_for(candidate.class_name)
+        if label is not None and candidate.score >= control.threshold:
+            region = _base(control, prediction, candidate.score)
+            for key in ("original_width", "original_height", "image_rotation"):
+                region.pop(key)
+            region["value"] = {"choices": [label]}
+            return [region]
+    return []
+
+
+def task_score(regions: Iterable[dict[str, Any]]) -> float:
+    """Uncertainty of a task's prediction: 1 − mean region confidence (1.0 when nothing found).
+
+    Higher means less certain, so sorting the Data Manager by prediction score (descending)
+    puts the tasks most worth labelling first.
+    """
+    scores = [float(r["score"]) for r in regions if "score" in r]
+    if not scores:
+        return 1.0
+    return round(1.0 - sum(scores) / len(scores), 4)

@@ -1,0 +1,1 @@
+"""Model runtimes. Knows nothing of Label Studio or CVAT: images in, our own shape types out."""

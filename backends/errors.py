@@ -1,0 +1,17 @@
+"""Errors the backends raise; adapters turn them into 4xx/5xx answers."""
+
+
+class BackendError(Exception):
+    """Base class; the message is meant for the person who has to fix it."""
+
+
+class ModelNotFoundError(BackendError):
+    """A model reference points at nothing we can load."""
+
+
+class ModelLoadError(BackendError):
+    """The weights exist (or were named) but could not be loaded."""
+
+
+class ModelTaskError(BackendError):
+    """The model cannot produce what was asked (e.g. polygons from a detect model)."""

@@ -1,0 +1,62 @@
+"""Image decoding with the checks every backend relies on.
+
+Input is raw bytes from any source; output is an upright 8-bit BGR array (ultralytics' and
+OpenCV's convention). Every failure is an `ImageError` whose message says what to fix.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageError(ValueError):
+    """The bytes are not an image the backends can use."""
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode, apply EXIF orientation, normalise 16-bit / grayscale / alpha / CMYK to BGR."""
+    if not data:
+        raise ImageError("the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"the image is {width}x{height} = {width * height} pixels, over the limit of "
+                    f"{max_pixels} (set LABELPILOT_MAX_IMAGE_PIXELS to raise it)"
+                )
+            image.load()
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, ImportError) as exc:
+        # ImportError: ultralytics' Image.open patch tries a HEIF plugin on unknown bytes.
+        raise ImageError("the data is not an image format Pillow can read") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"the image is too large to decode safely: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"the image is corrupt or truncated: {exc}") from exc
+    image = ImageOps.exif_transpose(image) or image
+    return _to_bgr(image)
+
+
+def _to_bgr(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        gray = ((array - low) * scale).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    rgb = np.asarray(image.convert("RGB"))
+    return np.ascontiguousarray(rgb[:, :, ::-1])

@@ -1,0 +1,147 @@
+"""ultralytics YOLO runtime: one loaded model, any task, our own shape types out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from backends.device import default_device
+from backends.errors import ModelLoadError
+from backends.offline import import_ultralytics
+from backends.shapes import BBox, ClassScore, Instance, Keypoint, Prediction, RotatedBox
+
+log = logging.getLogger(__name__)
+
+TASKS = ("detect", "segment", "pose", "obb", "classify")
+
+
+class YoloModel:
+    """A YOLO model loaded once; `predict` is safe to call from several threads."""
+
+    def __init__(self, weights: str, *, device: str | None = None, task: str | None = None):
+        import_ultralytics()
+        from ultralytics import YOLO
+
+        self.weights = weights
+        self.device = device or default_device()
+        try:
+            self._model = YOLO(weights, task=task)
+            self._model.to(self.device) if weights.endswith(".pt") else None
+        except Exception as exc:  # ultralytics raises many kinds; all mean "cannot load"
+            raise ModelLoadError(
+                f"could not load model '{weights}': {exc}. On a machine without internet, "
+                "put the weights file in MODEL_DIR and refer to it by path"
+            ) from exc
+        self.task: str = self._model.task
+        names = self._model.names
+        self.class_names: tuple[str, ...] = tuple(names[i] for i in sorted(names))
+        self._lock = threading.Lock()
+        self._batch = _batching_wanted(self.device)
+        log.info("loaded %s (task=%s, %d classes) on %s", weights, self.task,
+                 len(self.class_names), self.device)
+
+    def predict(
+        self, images: Sequence[np.ndarray], *, conf: float = 0.25, imgsz: int | None = None
+    ) -> list[Prediction]:
+        """Run the model on BGR images; one `Prediction` per image, in order."""
+        if not images:
+            return []
+        kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.device}
+        if imgsz:
+            kwargs["imgsz"] = imgsz
+        convert = _CONVERTERS[self.task]
+        with self._lock:
+            if self._batch:
+                results = self._model.predict(list(images), **kwargs)
+            else:
+                results = [self._model.predict(image, **kwargs)[0] for image in images]
+        return [convert(result, self.class_names) for result in results]
+
+
+def _batching_wanted(device: str) -> bool:
+    """Batch on GPUs; loop on CPU, where a list call measured slower (see design.md)."""
+    mode = os.environ.get("LABELPILOT_BATCH_MODE", "auto")
+    if mode in ("batch", "loop"):
+        return mode == "batch"
+    return not device.startswith("cpu")
+
+
+def _numpy(tensor: Any) -> np.ndarray:
+    return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+
+
+def _size(result: Any) -> tuple[int, int]:
+    height, width = result.orig_shape[:2]
+    return int(width), int(height)
+
+
+def _boxes(result: Any, names: tuple[str, ...]) -> list[Instance]:
+    if result.boxes is None:
+        return []
+    xyxy, scores, classes = (_numpy(result.boxes.xyxy), _numpy(result.boxes.conf),
+                             _numpy(result.boxes.cls).astype(int))
+    return [Instance(names[c], float(s), box=BBox(*map(float, b)))
+            for b, s, c in zip(xyxy, scores, classes, strict=True)]
+
+
+def _detect(result: Any, names: tuple[str, ...]) -> Prediction:
+    width, height = _size(result)
+    return Prediction(width, height, tuple(_boxes(result, names)))
+
+
+def _segment(result: Any, names: tuple[str, ...]) -> Prediction:
+    width, height = _size(result)
+    instances = _boxes(result, names)
+    polygons = result.masks.xy if result.masks is not None else [None] * len(instances)
+    out = tuple(
+        Instance(i.class_name, i.score, box=i.box,
+                 polygon=tuple((float(x), float(y)) for x, y in p) if p is not None else None)
+        for i, p in zip(instances, polygons, strict=True)
+    )
+    return Prediction(width, height, out)
+
+
+def _pose(result: Any, names: tuple[str, ...]) -> Prediction:
+    width, height = _size(result)
+    instances = _boxes(result, names)
+    if result.keypoints is None or not instances:
+        return Prediction(width, height, tuple(instances))
+    points = _numpy(result.keypoints.xy)
+    kconf = result.keypoints.conf
+    confs = _numpy(kconf) if kconf is not None else np.ones(points.shape[:2])
+    out = tuple(
+        Instance(inst.class_name, inst.score, box=inst.box, keypoints=tuple(
+            Keypoint(k, float(x), float(y), float(c))
+            for k, ((x, y), c) in enumerate(zip(pts, cs, strict=True))))
+        for inst, pts, cs in zip(instances, points, confs, strict=True)
+    )
+    return Prediction(width, height, out)
+
+
+def _obb(result: Any, names: tuple[str, ...]) -> Prediction:
+    width, height = _size(result)
+    if result.obb is None:
+        return Prediction(width, height)
+    xywhr, scores, classes = (_numpy(result.obb.xywhr), _numpy(result.obb.conf),
+                              _numpy(result.obb.cls).astype(int))
+    out = tuple(Instance(names[c], float(s), rotated=RotatedBox(*map(float, r)))
+                for r, s, c in zip(xywhr, scores, classes, strict=True))
+    return Prediction(width, height, out)
+
+
+def _classify(result: Any, names: tuple[str, ...]) -> Prediction:
+    width, height = _size(result)
+    probs = _numpy(result.probs.data)
+    order = np.argsort(-probs)[:5]
+    return Prediction(width, height, classes=tuple(ClassScore(names[i], float(probs[i]))
+                                                   for i in order))
+
+
+_CONVERTERS: dict[str, Callable[[Any, tuple[str, ...]], Prediction]] = {
+    "detect": _detect, "segment": _segment, "pose": _pose, "obb": _obb, "classify": _classify,
+}

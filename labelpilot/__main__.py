@@ -1,0 +1,3 @@
+from labelpilot.cli import app
+
+app()

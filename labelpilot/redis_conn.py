@@ -1,0 +1,20 @@
+"""The one Redis connection settings: REDIS_URL, with short timeouts so a dead Redis fails fast."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import redis
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url() -> str:
+    return os.environ.get("REDIS_URL") or DEFAULT_URL
+
+
+@cache
+def get_redis(url: str | None = None) -> redis.Redis:
+    return redis.Redis.from_url(url or redis_url(), socket_connect_timeout=0.5,
+                                socket_timeout=2.0, health_check_interval=30)

@@ -1,0 +1,130 @@
+"""Real parts for the tests: Redis, a trained YOLO model, Label Studio, a gunicorn backend."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache"
+ARTIFACTS = REPO / "test-artifacts"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+from backends.offline import configure_ultralytics  # noqa: E402
+
+configure_ultralytics(REPO / ".ultralytics")
+
+from labelpilot.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """REDIS_URL, else the machine's Redis on 6379, else an embedded redis-server."""
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+        server = None
+    except redis.RedisError:
+        server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+        url = server.start()
+    os.environ["REDIS_URL"] = url
+    from labelpilot.redis_conn import get_redis
+
+    get_redis.cache_clear()
+    yield url
+    if server:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shapes_model() -> Path:
+    """A YOLO11n trained from YAML on generated shapes (cached in .cache/models)."""
+    from trainers.shapes_model import ensure_shapes_model
+
+    return ensure_shapes_model(CACHE / "models")
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real Label Studio 1.23.2, started once per session from a migrated data-dir template."""
+    from labelpilot.label_studio_server import LabelStudioServer
+
+    server = LabelStudioServer(data_dir=tmp_path_factory.mktemp("label-studio"),
+                               port=free_port(), template=CACHE / "ls-template")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ls_admin(label_studio):  # type: ignore[no-untyped-def]
+    from labelpilot.ls_admin import LabelStudioAdmin
+
+    return LabelStudioAdmin(label_studio.url, label_studio.token)
+
+
+class BackendServer:
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path):
+        self.url = url
+        self.process = process
+        self.log = log
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_backend(tmp: Path, env_extra: dict[str, str], workers: int = 2) -> BackendServer:
+    """`labelpilot serve`'s gunicorn, as a real server on a free port."""
+    from labelpilot.serving import gunicorn_command
+
+    port = free_port()
+    env = dict(os.environ)
+    prom = tmp / "prometheus"
+    prom.mkdir(parents=True, exist_ok=True)
+    env.update({"PROMETHEUS_MULTIPROC_DIR": str(prom), "MODEL_DIR": str(tmp / "models"),
+                "PYTHONPATH": str(REPO), **env_extra})
+    log = tmp / "backend.log"
+    process = subprocess.Popen(gunicorn_command("127.0.0.1", port, workers), env=env, cwd=REPO,
+                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"backend exited:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return BackendServer(url, process, log)
+        except requests.RequestException:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"backend not healthy:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def backend(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
+            shapes_model: Path) -> Iterator[BackendServer]:
+    """The backend with the shapes model as default detector; LS address comes from /setup."""
+    tmp = tmp_path_factory.mktemp("backend")
+    server = start_backend(tmp, {"REDIS_URL": redis_url,
+                                 "LABELPILOT_MODEL_DETECT": str(shapes_model)})
+    yield server
+    server.stop()
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "backend.log").write_bytes(server.log.read_bytes())
+
+
+def pytest_report_header() -> list[str]:
+    return [f"python {sys.version.split()[0]}, repo {REPO}"]

@@ -1,0 +1,127 @@
+"""ImageSource against a real local HTTP server: allowlist, redirects, limits, auth scoping."""
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.label_studio.auth import TokenAuth, jwt_claims
+from adapters.label_studio.image_source import ImageSource, ImageSourceError
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    seen: list[tuple[str, str | None]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        Recorder.seen.append((self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/redirect-out"):
+            self.send_response(302)
+            self.send_header("Location", "http://other.invalid/x.png")
+            self.end_headers()
+            return
+        if self.path.startswith("/big"):
+            body = b"y" * 5000
+        elif self.path.startswith("/missing"):
+            self.send_response(404)
+            self.end_headers()
+            return
+        else:
+            body = PNG
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def source(url: str | None, **kw) -> ImageSource:
+    return ImageSource(ls_url=url, auth=TokenAuth(url, "legacykey") if url else None, **kw)
+
+
+def test_relative_urls_go_to_label_studio_with_the_token(server):
+    Recorder.seen.clear()
+    assert source(server).fetch("/data/upload/1/a.png") == PNG
+    assert Recorder.seen == [("/data/upload/1/a.png", "Token legacykey")]
+
+
+def test_other_hosts_need_the_allowlist_and_never_get_the_token(server):
+    ls_like = "http://localhost:1"  # LS is elsewhere; the image server is only allowlisted
+    with pytest.raises(ImageSourceError, match="not allowed.*LABELPILOT_ALLOWED_HOSTS"):
+        source(ls_like).fetch(f"{server}/img.png")
+    Recorder.seen.clear()
+    allowed = source(ls_like, allowed_hosts=frozenset({"127.0.0.1"}))
+    assert allowed.fetch(f"{server}/img.png") == PNG
+    assert Recorder.seen == [("/img.png", None)]
+
+
+def test_redirect_to_a_host_outside_the_allowlist_is_refused(server):
+    with pytest.raises(ImageSourceError, match="redirects to host 'other.invalid'"):
+        source(server).fetch("/redirect-out")
+
+
+def test_size_limit_and_http_errors_are_clear(server):
+    with pytest.raises(ImageSourceError, match="over the limit.*LABELPILOT_MAX_IMAGE_BYTES"):
+        source(server, max_bytes=1000).fetch("/big.png")
+    with pytest.raises(ImageSourceError, match="HTTP 404"):
+        source(server).fetch("/missing.png")
+
+
+def test_relative_url_without_label_studio_address_says_what_to_set():
+    with pytest.raises(ImageSourceError, match="LABEL_STUDIO_URL"):
+        source(None).fetch("/data/upload/1/a.png")
+    with pytest.raises(ImageSourceError, match="no image URL"):
+        source(None).fetch("")
+    with pytest.raises(ImageSourceError, match="unsupported image URL scheme"):
+        source(None).fetch("ftp://x/y.png")
+
+
+def test_cloud_links_go_through_the_presign_endpoint(server):
+    Recorder.seen.clear()
+    source(server).fetch("s3://bucket/a.png", task_id=7)
+    assert Recorder.seen[0][0] == "/tasks/7/presign/?fileuri=czM6Ly9idWNrZXQvYS5wbmc="
+    with pytest.raises(ImageSourceError, match="task id"):
+        source(server).fetch("gs://bucket/a.png")
+
+
+def test_local_files_are_read_from_disk_inside_the_document_root(tmp_path: Path, server):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(PNG)
+    src = source(server, local_files_root=tmp_path)
+    Recorder.seen.clear()
+    assert src.fetch("/data/local-files/?d=images/a.png") == PNG
+    assert src.fetch(f"{server}/data/local-files/?d=images%2Fa.png") == PNG
+    assert Recorder.seen == []  # no HTTP at all
+    with pytest.raises(ImageSourceError, match="outside the document root"):
+        src.fetch("/data/local-files/?d=../../etc/passwd")
+    with pytest.raises(ImageSourceError, match="does not exist"):
+        src.fetch("/data/local-files/?d=images/nope.png")
+
+
+def test_token_kinds_are_told_apart():
+    import base64
+    import json
+
+    def jwt(claims: dict) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+        return f"eyJhbGciOiJIUzI1NiJ9.{body}.sig"
+
+    assert jwt_claims("0123456789abcdef") is None
+    assert TokenAuth("http://ls", "0123456789abcdef").header() == {
+        "Authorization": "Token 0123456789abcdef"}
+    assert TokenAuth("http://ls", jwt({"token_type": "refresh"})).kind == "refresh"
+    access = jwt({"token_type": "access", "exp": 9e9})
+    assert TokenAuth("http://ls", access).header() == {"Authorization": f"Bearer {access}"}

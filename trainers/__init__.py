@@ -1,0 +1,1 @@
+"""Training: dataset building, ultralytics training, evaluation, promotion (RQ jobs)."""
