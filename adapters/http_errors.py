@@ -41,18 +41,18 @@ def validation_message(exc: ValidationError) -> str:
 
 def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+    def _api_error(exc: ApiError):
         return error_response(exc.status, exc.message, **exc.extra)
 
     @app.errorhandler(ValidationError)
-    def _validation(exc: ValidationError):  # type: ignore[no-untyped-def]
+    def _validation(exc: ValidationError):
         return error_response(400, validation_message(exc))
 
     @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _http(exc: HTTPException):
         return error_response(exc.code or 500, exc.description or exc.name)
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+    def _unexpected(exc: Exception):
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}")

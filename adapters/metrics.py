@@ -26,7 +26,7 @@ WEBHOOK_EVENTS = Counter("labelpilot_webhook_events_total", "Webhook events rece
 
 
 def exposition() -> tuple[bytes, str]:
-    """The metrics text; aggregated over all gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set."""
+    """Metrics text; aggregated over all gunicorn workers when PROMETHEUS_MULTIPROC_DIR is set."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

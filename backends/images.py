@@ -43,8 +43,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageError(f"the image is too large to decode safely: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"the image is corrupt or truncated: {exc}") from exc
-    image = ImageOps.exif_transpose(image) or image
-    return _to_bgr(image)
+    upright: Image.Image = ImageOps.exif_transpose(image) or image
+    return _to_bgr(upright)
 
 
 def _to_bgr(image: Image.Image) -> np.ndarray:

@@ -16,6 +16,12 @@ def model_dir() -> Path:
     return Path(os.environ.get("MODEL_DIR", "models")).expanduser().resolve()
 
 
+def downloads_allowed() -> bool:
+    """Whether ultralytics may download release weights by name (on by default)."""
+    return os.environ.get("LABELPILOT_DOWNLOAD_WEIGHTS", "1").strip().lower() not in (
+        "0", "false", "no")
+
+
 def resolve_model(ref: str, base_dir: Path | None = None) -> str:
     """A local path when the file exists (absolute, under MODEL_DIR, or relative to the cwd).
 
@@ -30,7 +36,11 @@ def resolve_model(ref: str, base_dir: Path | None = None) -> str:
         if candidate.is_file():
             return str(candidate.resolve())
     if not path.is_absolute() and "/" not in ref and ref.endswith(_WEIGHT_SUFFIXES):
-        return ref
+        if ref.endswith((".yaml", ".yml")) or downloads_allowed():
+            return ref
+        raise ModelNotFoundError(
+            f"model '{ref}' is not on disk (looked in {base}) and weight downloads are off "
+            "(LABELPILOT_DOWNLOAD_WEIGHTS=0): put the file in MODEL_DIR")
     looked = ", ".join(str(c) for c in candidates)
     raise ModelNotFoundError(f"model '{ref}' not found (looked in {looked}); put the weights "
                              f"in MODEL_DIR={base} or give an absolute path")

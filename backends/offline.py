@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 _done = False
@@ -40,7 +41,7 @@ def configure_ultralytics(config_dir: str | os.PathLike[str] | None = None) -> P
     return directory
 
 
-def import_ultralytics():  # type: ignore[no-untyped-def]
+def import_ultralytics() -> Any:
     """Import ultralytics offline-safe, with settings sync (analytics) switched off."""
     configure_ultralytics()
     import ultralytics

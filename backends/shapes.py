@@ -1,4 +1,4 @@
-"""Platform-neutral prediction types. Coordinates are pixels of the original (EXIF-upright) image."""
+"""Platform-neutral prediction types; coordinates are pixels of the EXIF-upright original image."""
 
 from __future__ import annotations
 

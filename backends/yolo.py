@@ -28,16 +28,15 @@ class YoloModel:
         from ultralytics import YOLO
 
         self.weights = weights
-        self.device = device or default_device()
+        self.device: str = device or default_device()
         try:
             self._model = YOLO(weights, task=task)
-            self._model.to(self.device) if weights.endswith(".pt") else None
         except Exception as exc:  # ultralytics raises many kinds; all mean "cannot load"
             raise ModelLoadError(
                 f"could not load model '{weights}': {exc}. On a machine without internet, "
                 "put the weights file in MODEL_DIR and refer to it by path"
             ) from exc
-        self.task: str = self._model.task
+        self.task: str = str(self._model.task)
         names = self._model.names
         self.class_names: tuple[str, ...] = tuple(names[i] for i in sorted(names))
         self._lock = threading.Lock()
@@ -55,11 +54,12 @@ class YoloModel:
         if imgsz:
             kwargs["imgsz"] = imgsz
         convert = _CONVERTERS[self.task]
+        results: list[Any]
         with self._lock:
             if self._batch:
-                results = self._model.predict(list(images), **kwargs)
+                results = list(self._model.predict(list(images), **kwargs))
             else:
-                results = [self._model.predict(image, **kwargs)[0] for image in images]
+                results = [list(self._model.predict(image, **kwargs))[0] for image in images]
         return [convert(result, self.class_names) for result in results]
 
 

@@ -8,7 +8,7 @@ import typer
 
 from labelpilot.logging_setup import setup_logging
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="ML backends for Label Studio and CVAT.")
 connect_app = typer.Typer(no_args_is_help=True, help="Register labelpilot with a platform.")
 app.add_typer(connect_app, name="connect")
@@ -50,11 +50,12 @@ def demo(
     backend_port: int = typer.Option(9090, help="labelpilot port"),
     model: str = typer.Option("", help="detection weights (default: yolo11n.pt, else offline "
                               "fallback: a small model trained on generated shapes)"),
+    wait: bool = typer.Option(True, help="keep running until Ctrl+C (--no-wait: set up, exit)"),
 ) -> None:
     """Label Studio + labelpilot + a demo project with pre-annotations, until Ctrl+C."""
     from labelpilot.demo import run_demo
 
-    run_demo(ls_port=port, backend_port=backend_port, model=model or None)
+    run_demo(ls_port=port, backend_port=backend_port, model=model or None, wait=wait)
 
 
 @connect_app.command("label-studio")

@@ -8,8 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from contextlib import ExitStack
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+import requests
 
 from labelpilot.embedded_redis import EmbeddedRedis
 
@@ -29,6 +33,9 @@ def ensure_redis(stack: ExitStack) -> str:
     url = server.start()
     stack.callback(server.stop)
     os.environ["REDIS_URL"] = url
+    from labelpilot.redis_conn import get_redis
+
+    get_redis.cache_clear()
     log.info("REDIS_URL unset: started embedded redis at %s", url)
     return url
 
@@ -39,44 +46,73 @@ def gunicorn_command(host: str, port: int, workers: int) -> list[str]:
             "-b", f"{host}:{port}", "adapters.label_studio.wsgi:app"]
 
 
-def serving_env(workers_threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+def _serving_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **extra}
     prom = data_dir() / "prometheus"
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir(parents=True, exist_ok=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
-    env["LABELPILOT_THREADS"] = str(workers_threads)
+    env["LABELPILOT_THREADS"] = str(threads)
     return env
 
 
-def run_serve(host: str, port: int, workers: int, threads: int, with_worker: bool) -> int:
-    """Run until interrupted; returns gunicorn's exit code."""
-    with ExitStack() as stack:
-        ensure_redis(stack)
-        env = serving_env(threads)
-        children: list[subprocess.Popen[bytes]] = []
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+@contextmanager
+def backend_processes(host: str, port: int, *, workers: int = 2, threads: int = 4,
+                      with_worker: bool = True, extra_env: dict[str, str] | None = None
+                      ) -> Iterator[subprocess.Popen[bytes]]:
+    """gunicorn (and an RQ worker) running until the block ends; yields the gunicorn process."""
+    env = _serving_env(threads, extra_env or {})
+    children: list[subprocess.Popen[bytes]] = []
+    try:
         if with_worker:
             children.append(subprocess.Popen([sys.executable, "-m", "labelpilot", "worker"],
                                              env=env))
         server = subprocess.Popen(gunicorn_command(host, port, workers), env=env)
         children.append(server)
-        log.info("labelpilot serving on http://%s:%d (%d workers)", host, port, workers)
+        yield server
+    finally:
+        _stop(children)
 
-        def _stop(*_: object) -> None:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
 
-        signal.signal(signal.SIGTERM, _stop)
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the backend exited with code {process.returncode}")
         try:
-            code = server.wait()
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the backend at {url} did not become healthy in {timeout} s")
+
+
+def run_serve(host: str, port: int, workers: int, threads: int, with_worker: bool) -> int:
+    """Run until interrupted (Ctrl+C or SIGTERM); returns gunicorn's exit code."""
+    with ExitStack() as stack:
+        ensure_redis(stack)
+        server = stack.enter_context(backend_processes(
+            host, port, workers=workers, threads=threads, with_worker=with_worker))
+        log.info("labelpilot serving on http://%s:%d (%d workers x %d threads)", host, port,
+                 workers, threads)
+        signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))
+        try:
+            return server.wait()
         except KeyboardInterrupt:
-            _stop()
-            code = server.wait()
-        _stop()
-        for child in children:
-            child.wait(timeout=30)
-        return code
+            server.send_signal(signal.SIGTERM)
+            return server.wait()
 
 
 def run_worker(queues: tuple[str, ...] = QUEUES) -> None:

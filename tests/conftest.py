@@ -18,11 +18,34 @@ CACHE = REPO / ".cache"
 ARTIFACTS = REPO / "test-artifacts"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ["LABELPILOT_DOWNLOAD_WEIGHTS"] = "0"  # inherited by every server the tests start
 from backends.offline import configure_ultralytics  # noqa: E402
 
 configure_ultralytics(REPO / ".ultralytics")
 
 from labelpilot.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+
+
+_LOCAL_PREFIXES = ("127.", "::1", "localhost")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network() -> Iterator[None]:
+    """Fail any test that opens a connection to a non-loopback address from this process."""
+    import socket
+
+    original = socket.socket.connect
+
+    def guarded(self: socket.socket, address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not str(host).startswith(
+                _LOCAL_PREFIXES):
+            raise AssertionError(f"test tried the network: connect to {address}")
+        original(self, address)  # type: ignore[arg-type]
+
+    socket.socket.connect = guarded  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = original  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -14,9 +15,9 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
-    seen: list[tuple[str, str | None]] = []
+    seen: ClassVar[list[tuple[str, str | None]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         Recorder.seen.append((self.path, self.headers.get("Authorization")))
         if self.path.startswith("/redirect-out"):
             self.send_response(302)
@@ -125,3 +126,16 @@ def test_token_kinds_are_told_apart():
     assert TokenAuth("http://ls", jwt({"token_type": "refresh"})).kind == "refresh"
     access = jwt({"token_type": "access", "exp": 9e9})
     assert TokenAuth("http://ls", access).header() == {"Authorization": f"Bearer {access}"}
+
+
+def test_bare_model_names_are_not_downloaded_when_downloads_are_off(monkeypatch, tmp_path):
+    from backends.errors import ModelNotFoundError
+    from backends.model_ref import resolve_model
+
+    monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "0")
+    with pytest.raises(ModelNotFoundError, match="downloads are off"):
+        resolve_model("yolo11n.pt", tmp_path)
+    monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "1")
+    assert resolve_model("yolo11n.pt", tmp_path) == "yolo11n.pt"  # ultralytics would fetch it
+    (tmp_path / "mine.pt").write_bytes(b"x")
+    assert resolve_model("mine.pt", tmp_path) == str(tmp_path / "mine.pt")

@@ -1,4 +1,4 @@
-"""The Label Studio ML-backend HTTP protocol: /health /setup /predict /webhook /versions /metrics."""
+"""Label Studio ML-backend HTTP protocol: /health /setup /predict /webhook /versions /metrics."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def create_app(predictor: Predictor | None = None) -> Flask:
     def _measure(response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule else "unknown"
         REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-        LATENCY.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        started = g.get("started", time.perf_counter())
+        LATENCY.labels(endpoint).observe(time.perf_counter() - started)
         return response
 
     @app.get("/")

@@ -49,8 +49,7 @@ def rectangle_value(instance: Instance, width: int, height: int) -> dict[str, fl
 
 
 def _rectangle(control: ControlSpec, p: Prediction, i: Instance, label: str) -> list[dict]:
-    value = rectangle_value(i, p.width, p.height)
-    value["rectanglelabels"] = [label]
+    value: dict[str, Any] = {**rectangle_value(i, p.width, p.height), "rectanglelabels": [label]}
     return [{**_base(control, p, i.score), "value": value}]
 
 

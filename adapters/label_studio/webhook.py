@@ -7,6 +7,7 @@ job that consumes these comes with the retraining loop; until then nothing is lo
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
@@ -19,7 +20,7 @@ STREAM_MAXLEN = 100_000
 
 def record_training_event(event: WebhookEvent) -> str:
     """Append the event to the training-events stream; returns its stream id."""
-    fields = {
+    fields: dict[Any, Any] = {
         "action": event.action,
         "project": str(event.project_id),
         "annotation": str((event.annotation or {}).get("id", "")),

@@ -1,0 +1,139 @@
+"""`labelpilot demo`: a real Label Studio, labelpilot connected to it, a project with predictions.
+
+With internet the demo uses a COCO YOLO (`yolo11n.pt`, downloaded by ultralytics). Without it, it
+says so and trains a small detector on generated shapes (~2.5 min once, cached) instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from backends.errors import BackendError
+from label_config import load
+from labelpilot.label_studio_server import REPO, LabelStudioServer
+from labelpilot.ls_admin import LabelStudioAdmin
+from labelpilot.serving import backend_processes, data_dir, ensure_redis, wait_healthy
+
+log = logging.getLogger(__name__)
+PROJECT_TITLE = "labelpilot demo"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    weights: str
+    config_name: str
+    description: str
+
+
+def sample_images(directory: Path, with_shapes: bool) -> list[Path]:
+    """Real photos shipped in ultralytics and scikit-image (and generated shapes if asked)."""
+    import skimage.data
+    import ultralytics
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [Path(ultralytics.__file__).parent / "assets" / n for n in ("bus.jpg", "zidane.jpg")]
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera"):
+        target = directory / f"{name}.png"
+        if not target.exists():
+            image = np.asarray(getattr(skimage.data, name)())
+            bgr = image[:, :, ::-1] if image.ndim == 3 else image
+            cv2.imwrite(str(target), bgr)
+        paths.append(target)
+    if with_shapes:
+        from trainers.synthetic import make_image
+
+        rng = random.Random(2024)
+        for i in range(8):
+            target = directory / f"shapes_{i}.png"
+            if not target.exists():
+                cv2.imwrite(str(target), make_image(rng, 320).image)
+            paths.append(target)
+    return paths
+
+
+def choose_model(requested: str | None) -> DemoModel:
+    from backends.model_ref import resolve_model
+    from backends.yolo import YoloModel
+
+    ref = requested or os.environ.get("LABELPILOT_MODEL_DETECT") or "yolo11n.pt"
+    try:
+        YoloModel(resolve_model(ref))
+        return DemoModel(ref, "detection", f"{ref} (COCO classes)")
+    except BackendError as exc:
+        if requested:
+            raise
+        log.warning("%s is not available here (%s).", ref, str(exc).splitlines()[0][:200])
+    from trainers.shapes_model import ensure_shapes_model
+
+    log.warning("Offline fallback: using a YOLO11n trained on generated shapes instead; photos "
+                "get no boxes from it, the shapes_*.png tasks do.")
+    weights = ensure_shapes_model(REPO / ".cache" / "models")
+    return DemoModel(str(weights), "detection_shapes", "YOLO11n trained on generated shapes")
+
+
+def _find_project(admin: LabelStudioAdmin) -> int | None:
+    for project in admin.client.projects.list():
+        if project.title == PROJECT_TITLE:
+            return int(project.id)  # type: ignore[arg-type]
+    return None
+
+
+def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None = None,
+             wait: bool = True) -> dict[str, object]:
+    root = data_dir() / "demo"
+    chosen = choose_model(model)
+    with ExitStack() as stack:
+        ensure_redis(stack)
+        ls = LabelStudioServer(data_dir=root, port=ls_port, template=REPO / ".cache" /
+                               "ls-template")
+        ls.start()
+        stack.callback(ls.stop)
+        backend_url = f"http://127.0.0.1:{backend_port}"
+        server = stack.enter_context(backend_processes(
+            "127.0.0.1", backend_port, workers=1, threads=4, extra_env={
+                "LABELPILOT_MODEL_DETECT": chosen.weights, "LABEL_STUDIO_URL": ls.url,
+                "LABEL_STUDIO_API_KEY": ls.token}))
+        wait_healthy(backend_url, server)
+        admin = LabelStudioAdmin(ls.url, ls.token)
+        project = _find_project(admin)
+        if project is None:
+            project = admin.create_project(PROJECT_TITLE, load(chosen.config_name))
+            images = sample_images(root / "samples", chosen.config_name == "detection_shapes")
+            admin.upload_images(project, images)
+            admin.connect_backend(project, backend_url)
+        admin.retrieve_predictions(project)
+        tasks = admin.tasks(project)
+        predictions = admin.predictions(project)
+        regions = sum(len(p["result"]) for p in predictions)
+        summary: dict[str, object] = {
+            "label_studio": ls.url, "project": project, "tasks": len(tasks),
+            "predictions": len(predictions), "regions": regions, "model": chosen.description}
+        print(f"""
+  Label Studio   {ls.url}/projects/{project}/data
+  login          {ls.username} / {ls.password}
+  labelpilot     {backend_url}  (/health, /metrics)
+  model          {chosen.description}
+  tasks          {len(tasks)}, with pre-annotations: {len(predictions)} ({regions} regions)
+
+  Open a task to see the boxes; sort by "Prediction score" to see the least certain first.
+  Press Ctrl+C to stop.
+""", flush=True)
+        if wait:
+            stopped = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+            try:
+                while not stopped.wait(1.0) and server.poll() is None:
+                    pass
+            except KeyboardInterrupt:
+                pass
+        return summary
