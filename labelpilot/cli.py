@@ -12,6 +12,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="ML backends for Label Studio and CVAT.")
 connect_app = typer.Typer(no_args_is_help=True, help="Register labelpilot with a platform.")
 app.add_typer(connect_app, name="connect")
+models_app = typer.Typer(no_args_is_help=True, help="Vet, promote and roll back model versions.")
+app.add_typer(models_app, name="models")
 
 
 @app.callback()
@@ -74,6 +76,94 @@ def connect_label_studio(
     typer.echo(f"connected: ML backend {backend_id} on project {project} -> {backend_url}")
     if os.environ.get("BASIC_AUTH_USER"):
         typer.echo("note: BASIC_AUTH_USER is set; set the same user/password in LS model settings")
+
+
+@app.command()
+def train(
+    ls_project: int = typer.Option(..., "--ls-project", help="Label Studio project id"),
+    wait: bool = typer.Option(False, help="run here and wait instead of queueing for a worker"),
+) -> None:
+    """Train a project's model now (pulls its current annotations from Label Studio)."""
+    from adapters.label_studio.training import JOB_FUNC, train_project
+    from labelpilot.redis_conn import get_redis
+    from trainers.queue import request_training
+
+    trigger = {"event": "CLI", "user": os.environ.get("USER", "")}
+    if wait:
+        result = train_project(ls_project, trigger)
+        typer.echo(f"{result['model_version']}: {result['decision']['reason']}")
+        return
+    queued = request_training(get_redis(), f"ls-{ls_project}", JOB_FUNC,
+                              {"project_id": ls_project, "trigger": trigger}, trigger)
+    typer.echo(f"{queued.outcome}: job {queued.job_id} (see: labelpilot jobs)")
+
+
+@app.command()
+def jobs(key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> None:
+    """Training jobs with their progress (phase, epoch, metrics)."""
+    from labelpilot.redis_conn import get_redis
+    from trainers.queue import jobs as list_jobs
+
+    for job in list_jobs(get_redis(), key or None):
+        meta = job["meta"]
+        where = (f"epoch {meta.get('epoch')}/{meta.get('epochs')}"
+                 if meta.get("phase") == "training" else meta.get("phase"))
+        extra = f" -> {meta['version']}" if meta.get("version") else ""
+        error = f"  {job['error'][0]}" if job["error"] and job["status"] == "failed" else ""
+        typer.echo(f"{job['id']:<48} {job['status']:<10} {where}{extra}{error}")
+
+
+@app.command()
+def settings(
+    project: str = typer.Argument(..., help="e.g. ls-3"),
+    epochs: int = typer.Option(None), imgsz: int = typer.Option(None),
+    batch: int = typer.Option(None), patience: int = typer.Option(None),
+    promotion: str = typer.Option(None, help="auto | manual"),
+    margin: float = typer.Option(None, help="auto: promote if mAP50-95 is better by this"),
+    train_every: int = typer.Option(None, help="train after N annotation changes (0: off)"),
+) -> None:
+    """Show or change a project's training settings."""
+    from labelpilot.redis_conn import get_redis
+    from trainers.settings import save_params
+
+    params = save_params(get_redis(), project, epochs=epochs, imgsz=imgsz, batch=batch,
+                         patience=patience, promotion=promotion, margin=margin,
+                         train_every=train_every)
+    typer.echo(" ".join(f"{k}={v}" for k, v in vars(params).items()))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every model key with its versions, metrics and which one serves."""
+    from adapters.admin import describe
+    from backends.model_store import ModelStore
+
+    store = ModelStore()
+    for key in store.model_keys():
+        for v in describe(store, key)["versions"]:
+            cand = (v["metrics"] or {}).get("candidate") or {}
+            cur = (v["metrics"] or {}).get("current") or {}
+            mark = "*" if v["current"] else " "
+            typer.echo(f"{mark} {v['model_version']:<28} mAP50-95 {cand.get('map50_95', '-')!s:<8}"
+                       f" (was {cur.get('map50_95', '-')!s:<8}) {v['decision']['reason']}")
+
+
+@models_app.command("promote")
+def models_promote(key: str, version: str) -> None:
+    """Serve `version` of `key` everywhere (hot-swapped by every server)."""
+    from backends.model_store import ModelStore
+
+    ModelStore().promote(key, version, by=f"cli:{os.environ.get('USER', '')}")
+    typer.echo(f"{key} -> {version}")
+
+
+@models_app.command("rollback")
+def models_rollback(key: str) -> None:
+    """Go back to the version that served before the current one."""
+    from backends.model_store import ModelStore
+
+    version = ModelStore().rollback(key, by=f"cli:{os.environ.get('USER', '')}")
+    typer.echo(f"{key} -> {version.version}")
 
 
 if __name__ == "__main__":

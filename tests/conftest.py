@@ -25,7 +25,6 @@ configure_ultralytics(REPO / ".ultralytics")
 
 from labelpilot.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 
-
 _LOCAL_PREFIXES = ("127.", "::1", "localhost")
 
 
@@ -50,14 +49,18 @@ def no_network() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """REDIS_URL, else the machine's Redis on 6379, else an embedded redis-server."""
-    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    """A Redis database the tests own and empty first: LABELPILOT_TEST_REDIS_URL, else DB 15
+    of the machine's Redis on 6379, else an embedded redis-server."""
+    url = os.environ.get("LABELPILOT_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
+    server = None
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-        server = None
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+        client.ping()
     except redis.RedisError:
         server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
         url = server.start()
+        client = redis.Redis.from_url(url)
+    client.flushdb()  # project ids restart with each fresh Label Studio: no stale pointers
     os.environ["REDIS_URL"] = url
     from labelpilot.redis_conn import get_redis
 
@@ -73,6 +76,14 @@ def shapes_model() -> Path:
     from trainers.shapes_model import ensure_shapes_model
 
     return ensure_shapes_model(CACHE / "models")
+
+
+@pytest.fixture(scope="session")
+def weak_shapes_model() -> Path:
+    """An under-trained shapes model (8 epochs): retraining on labels must beat it."""
+    from trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
+
+    return ensure_shapes_model(CACHE / "models", WEAK_RECIPE)
 
 
 @pytest.fixture(scope="session")

@@ -51,3 +51,24 @@ def test_huge_image_is_refused_before_decoding():
     data = encode(Image.new("L", (5000, 5000)))
     with pytest.raises(ImageError, match="over the limit"):
         decode_image(data, max_pixels=10_000_000)
+
+
+def test_fast_and_pillow_paths_agree_and_truncated_jpeg_is_still_refused():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    png = encode(Image.fromarray(pixels))
+    assert (decode_image(png) == pixels[:, :, ::-1]).all()  # lossless: exact BGR
+    jpeg = encode(Image.fromarray(pixels), "JPEG", quality=95)
+    fast = decode_image(jpeg)
+    reference = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))[:, :, ::-1]
+    assert np.abs(fast.astype(int) - reference.astype(int)).mean() < 2
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode_image(jpeg[: len(jpeg) // 2])
+
+
+def test_exif_orientation_applies_on_the_fast_path_too():
+    image = Image.new("RGB", (30, 10), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90° counter-clockwise on display
+    array = decode_image(encode(image, "JPEG", exif=exif.tobytes()))
+    assert array.shape[:2] == (30, 10)

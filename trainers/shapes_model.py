@@ -32,6 +32,8 @@ class Recipe:
 
 
 RECIPE = Recipe()
+# A deliberately under-trained starting point, for tests where retraining must improve a model.
+WEAK_RECIPE = Recipe(epochs=10)
 
 
 def recipe_key(recipe: Recipe = RECIPE) -> str:

@@ -10,7 +10,9 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, g, jsonify, request
+from redis.exceptions import LockError
 
+from adapters.admin import admin_blueprint
 from adapters.http_errors import ApiError, install_error_handlers, json_body
 from adapters.label_studio.config import ConfigError, ServingPlan, parse_label_config
 from adapters.label_studio.connections import Connections, ProjectConnection
@@ -21,7 +23,8 @@ from adapters.label_studio.payloads import (
     WebhookEvent,
     project_id,
 )
-from adapters.label_studio.predictor import Predictor, plan_version
+from adapters.label_studio.predictor import Predictor
+from adapters.label_studio.training import on_training_event
 from adapters.label_studio.webhook import record_training_event
 from adapters.metrics import LATENCY, REQUESTS, WEBHOOK_EVENTS, exposition
 from backends.errors import BackendError, ModelLoadError
@@ -36,11 +39,22 @@ def _plan(config: str | None) -> ServingPlan:
         raise ApiError(422, str(exc)) from exc
 
 
+def models_to_preload() -> list[str]:
+    """LABELPILOT_PRELOAD (comma list), else every LABELPILOT_MODEL_<TASK> that is set."""
+    listed = os.environ.get("LABELPILOT_PRELOAD")
+    if listed is not None:
+        return [ref.strip() for ref in listed.split(",") if ref.strip()]
+    return [value for name, value in sorted(os.environ.items())
+            if name.startswith("LABELPILOT_MODEL_") and value]
+
+
 def create_app(predictor: Predictor | None = None) -> Flask:
     app = Flask("labelpilot")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_error_handlers(app)
     predictor = predictor or Predictor()
+    predictor.current.start()
+    predictor.preload(models_to_preload())
     connections = Connections()
     auth_user, auth_pass = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
 
@@ -79,7 +93,7 @@ def create_app(predictor: Predictor | None = None) -> Flask:
         plan = _plan(req.schema_)
         connections.remember(req.project_id, ProjectConnection(req.hostname, req.access_token,
                                                                req.schema_))
-        return {"model_version": plan_version(plan)}
+        return {"model_version": predictor.version(plan, req.project_id)}
 
     @app.post("/predict")
     def predict() -> Any:
@@ -91,7 +105,7 @@ def create_app(predictor: Predictor | None = None) -> Flask:
             raise ApiError(422, "this project's label config has no interactive (SAM) model; "
                            "turn Auto-Annotation off or add a SAM control (label_config/sam_*.xml)")
         try:
-            results = predictor.predict(req.tasks, plan, connections.image_source(pid))
+            results = predictor.predict(req.tasks, plan, connections.image_source(pid), pid)
         except ModelLoadError as exc:
             raise ApiError(503, str(exc)) from exc
         except BackendError as exc:
@@ -121,9 +135,15 @@ def create_app(predictor: Predictor | None = None) -> Flask:
             raise ApiError(503, f"event not recorded: Redis is unavailable ({exc}); "
                                 "Label Studio will not resend it, retrain with 'Start training'"
                            ) from exc
-        WEBHOOK_EVENTS.labels(event.action, "recorded").inc()
+        try:
+            queued = on_training_event(event)
+        except (redis.RedisError, LockError) as exc:
+            WEBHOOK_EVENTS.labels(event.action, "redis_down").inc()
+            raise ApiError(503, f"event recorded but training not queued: {exc}") from exc
+        WEBHOOK_EVENTS.labels(event.action, queued.outcome if queued else "recorded").inc()
         return jsonify({"status": "ok", "action": event.action, "project": event.project_id,
-                        "event_id": entry}), 201
+                        "event_id": entry, "job": queued.job_id if queued else None,
+                        "queue": queued.outcome if queued else "counted"}), 201
 
     @app.route("/versions", methods=["GET", "POST"])
     def versions() -> Any:
@@ -132,7 +152,9 @@ def create_app(predictor: Predictor | None = None) -> Flask:
         config = connections.get(pid).label_config
         if not config:
             return {"versions": []}
-        return {"versions": [plan_version(_plan(config))]}
+        return {"versions": [predictor.version(_plan(config), pid)]}
+
+    app.register_blueprint(admin_blueprint(predictor.current.store))
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -50,6 +50,7 @@ class ControlSpec:
     label_map: dict[str, str] = field(hash=False)  # lower-case model class → LS label
     keypoint_labels: dict[int, str] = field(hash=False)  # keypoint index → LS label
     model_ref: str
+    explicit_model: bool  # model_path set on the control: never replaced by trained versions
     threshold: float
     point_threshold: float
 
@@ -71,6 +72,13 @@ class ServingPlan:
         for control in self.controls:
             groups.setdefault(control.model_ref, []).append(control)
         return groups
+
+
+def store_key(project_id: int | None, control: ControlSpec) -> str | None:
+    """Model-store key for the trained versions of one control of one LS project."""
+    if project_id is None or control.explicit_model:
+        return None
+    return f"ls-{project_id}-{control.name}"
 
 
 def default_model(task: str) -> str:
@@ -153,6 +161,7 @@ def _control_spec(control: object) -> ControlSpec | str:
         label_map=label_map,
         keypoint_labels=keypoint_labels,
         model_ref=attrs.get("model_path") or default_model(DEFAULT_TASK[kind]),
+        explicit_model="model_path" in attrs,
         threshold=float(attrs.get("model_score_threshold", default_threshold())),
         point_threshold=float(attrs.get("model_point_threshold", "0.5")),
     )

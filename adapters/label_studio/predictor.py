@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,23 +12,33 @@ from typing import Any
 
 import numpy as np
 
-from adapters.label_studio.config import COMPATIBLE_TASKS, ControlSpec, ServingPlan
+from adapters.label_studio.config import (
+    COMPATIBLE_TASKS,
+    ControlSpec,
+    ServingPlan,
+    store_key,
+)
 from adapters.label_studio.image_source import ImageSource, ImageSourceError
 from adapters.label_studio.payloads import Task
 from adapters.label_studio.results import control_results, task_score
 from adapters.metrics import IMAGE_FETCH_ERRORS, PREDICTIONS
 from backends.errors import ModelTaskError
+from backends.hot_swap import CurrentModels
 from backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from backends.model_cache import ModelCache
 from backends.model_ref import model_version, resolve_model
+from backends.model_store import ModelStore
 from backends.yolo import YoloModel
 
 log = logging.getLogger(__name__)
 
 
-def plan_version(plan: ServingPlan) -> str:
-    """The model_version for a config: the same string from /setup and on every prediction."""
-    return "+".join(sorted({model_version(ref) for ref in plan.by_model()}))
+@dataclass(frozen=True)
+class ModelChoice:
+    """The weights serving a control right now, and the version string LS sees for them."""
+
+    weights: str
+    version: str
 
 
 @dataclass(frozen=True)
@@ -40,38 +51,63 @@ class Predictor:
     """Shared by all requests of a worker process; models load once through the cache."""
 
     def __init__(self, models: ModelCache[YoloModel] | None = None, fetch_workers: int = 8,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, store: ModelStore | None = None):
         self.models: ModelCache[YoloModel] = models or ModelCache(
             YoloModel, capacity=int(os.environ.get("LABELPILOT_MAX_MODELS", "4")))
+        self.current = CurrentModels(store or ModelStore(), self.models.get)
         self._pool = ThreadPoolExecutor(max_workers=fetch_workers,
                                         thread_name_prefix="image-fetch")
         self._max_pixels = max_pixels or int(
             os.environ.get("LABELPILOT_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
 
-    def model_for(self, ref: str) -> YoloModel:
-        return self.models.get(resolve_model(ref))
+    def preload(self, refs: Sequence[str]) -> threading.Thread:
+        """Load models in the background so the first request does not pay for it."""
 
-    def predict(self, tasks: Sequence[Task], plan: ServingPlan,
-                source: ImageSource) -> list[dict[str, Any]]:
-        version = plan_version(plan)
-        groups = plan.by_model()
-        models = {ref: self.model_for(ref) for ref in groups}
-        for ref, controls in groups.items():
+        def run() -> None:
+            for ref in refs:
+                try:
+                    self.models.get(resolve_model(ref))
+                except Exception as exc:  # a bad default must not stop the worker
+                    log.warning("could not preload %s: %s", ref, exc)
+
+        thread = threading.Thread(target=run, name="preload", daemon=True)
+        thread.start()
+        return thread
+
+    def choice(self, control: ControlSpec, project_id: int | None) -> ModelChoice:
+        key = store_key(project_id, control)
+        trained = self.current.get(key) if key else None
+        if trained is not None:
+            return ModelChoice(str(trained.weights), trained.model_version)
+        return ModelChoice(resolve_model(control.model_ref), model_version(control.model_ref))
+
+    def version(self, plan: ServingPlan, project_id: int | None) -> str:
+        """The model_version for a project: the same string from /setup and on predictions."""
+        return "+".join(sorted({self.choice(c, project_id).version for c in plan.controls}))
+
+    def predict(self, tasks: Sequence[Task], plan: ServingPlan, source: ImageSource,
+                project_id: int | None = None) -> list[dict[str, Any]]:
+        choices = {c: self.choice(c, project_id) for c in plan.controls}
+        version = "+".join(sorted({choice.version for choice in choices.values()}))
+        groups: dict[str, list[ControlSpec]] = {}
+        for control, choice in choices.items():
+            groups.setdefault(choice.weights, []).append(control)
+        models = {weights: self.models.get(weights) for weights in groups}
+        for weights, controls in groups.items():
             for control in controls:
-                check_compatible(control, models[ref])
+                check_compatible(control, models[weights])
         image_keys = sorted({c.image_key for c in plan.controls})
         loaded = self._load_images(tasks, image_keys, source)
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
-        errors: list[str | None] = [None] * len(tasks)
-        for ref, controls in groups.items():
+        errors: list[str | None] = [next((loaded[(i, k)].error for k in image_keys
+                                          if loaded[(i, k)].error), None)
+                                    for i in range(len(tasks))]
+        for weights, controls in groups.items():
             for key in sorted({c.image_key for c in controls}):
-                ok = [i for i, t in enumerate(tasks) if loaded[(i, key)].image is not None]
-                for i, _t in enumerate(tasks):
-                    if loaded[(i, key)].error:
-                        errors[i] = loaded[(i, key)].error
+                ok = [i for i in range(len(tasks)) if loaded[(i, key)].image is not None]
                 images = [loaded[(i, key)].image for i in ok]
                 threshold = min(c.threshold for c in controls)
-                preds = models[ref].predict(images, conf=threshold)  # type: ignore[arg-type]
+                preds = models[weights].predict(images, conf=threshold)  # type: ignore[arg-type]
                 for i, pred in zip(ok, preds, strict=True):
                     for control in controls:
                         if control.image_key == key:

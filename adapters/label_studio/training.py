@@ -1,0 +1,168 @@
+"""Training for Label Studio projects: when to train (webhooks) and the RQ job itself.
+
+The job pulls the project's *current* annotations from LS when it starts, so a lost webhook
+loses nothing and deleted annotations are respected; then hands our own `Sample`s to
+`trainers.pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import redis
+import requests
+
+from adapters.label_studio.annotations import task_instances
+from adapters.label_studio.config import (
+    ControlSpec,
+    ServingPlan,
+    parse_label_config,
+    store_key,
+)
+from adapters.label_studio.connections import Connections
+from adapters.label_studio.image_source import ImageSource, ImageSourceError
+from adapters.label_studio.payloads import WebhookEvent
+from backends.errors import ModelNotFoundError
+from backends.images import ImageError, decode_image
+from backends.model_ref import resolve_model
+from backends.model_store import ModelStore
+from labelpilot.redis_conn import get_redis
+from trainers import queue
+from trainers.pipeline import TrainRequest, run_training, scratch_model
+from trainers.samples import Sample
+from trainers.settings import load_params
+
+log = logging.getLogger(__name__)
+TRAINABLE = {"rectangle": "detect", "obb": "obb", "polygon": "segment", "brush": "segment"}
+JOB_FUNC = "adapters.label_studio.training.train_project"
+_CHANGES = "labelpilot:train:changes:ls-{}"
+
+
+def trainable_control(plan: ServingPlan) -> ControlSpec:
+    for control in plan.controls:
+        if control.kind in TRAINABLE and not control.explicit_model:
+            return control
+    raise ValueError("no trainable control (RectangleLabels, PolygonLabels or BrushLabels "
+                     "without model_path) in this project's label config")
+
+
+def on_training_event(event: WebhookEvent) -> queue.Enqueued | None:
+    """Apply the project's policy: START_TRAINING always; annotations every N changes."""
+    connection = get_redis()
+    project = event.project_id
+    if event.action != "START_TRAINING":
+        every = load_params(connection, f"ls-{project}").train_every
+        changes = connection.incr(_CHANGES.format(project))
+        if every <= 0 or changes < every:
+            return None
+    connection.delete(_CHANGES.format(project))
+    trigger = {"event": event.action, "at": time.time(),
+               "annotation": (event.annotation or {}).get("id"),
+               "user": (event.annotation or {}).get("completed_by")}
+    return queue.request_training(connection, f"ls-{project}", JOB_FUNC,
+                                  {"project_id": project, "trigger": trigger}, trigger)
+
+
+def _ls_get(source: ImageSource, path: str, **params: Any) -> Any:
+    if not source.ls_url:
+        raise RuntimeError("Label Studio's address is unknown: set LABEL_STUDIO_URL and "
+                           "LABEL_STUDIO_API_KEY for the worker (or connect the backend first)")
+    headers = source.auth.header() if source.auth else {}
+    response = source.session.get(f"{source.ls_url}{path}", params=params, headers=headers,
+                                  timeout=300)
+    if response.status_code != 200:
+        raise RuntimeError(f"Label Studio answered {response.status_code} for {path}: "
+                           f"{response.text[:200]}")
+    return response.json()
+
+
+def collect_samples(tasks: list[dict[str, Any]], control: ControlSpec, source: ImageSource,
+                    directory: Path) -> list[Sample]:
+    samples: list[Sample] = []
+    for task in tasks:
+        url = (task.get("data") or {}).get(control.image_key)
+        try:
+            data = source.fetch(str(url), task.get("id"))
+            image = decode_image(data)
+        except (ImageSourceError, ImageError) as exc:
+            log.warning("task %s skipped for training: %s", task.get("id"), exc)
+            continue
+        height, width = image.shape[:2]
+        instances, annotation = task_instances(task, control, width, height)
+        if annotation is None:
+            continue
+        # the decoded, upright 8-bit pixels: training sees exactly what prediction sees
+        path = directory / f"task-{task['id']}.png"
+        cv2.imwrite(str(path), image)
+        samples.append(Sample(
+            sample_id=f"task-{task['id']}", image=path, width=width, height=height,
+            instances=instances, provenance={
+                "task": str(task["id"]), "annotation": str(annotation.get("id")),
+                "completed_by": str(annotation.get("completed_by")),
+                "updated_at": str(annotation.get("updated_at"))}))
+    return samples
+
+
+def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """RQ job: pull annotations from LS, train, evaluate, write and maybe promote a version."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    connection = get_redis()
+    queue_key = f"ls-{project_id}"
+
+    def progress(update: dict[str, Any]) -> None:
+        if job is not None:
+            job.meta.update(update)
+            job.save_meta()
+        if update.get("phase") == "training" and update.get("epoch"):
+            log.info("%s: epoch %s/%s %s", queue_key, update["epoch"], update["epochs"],
+                     {k: v for k, v in (update.get("metrics") or {}).items() if "mAP" in k})
+        else:
+            log.info("%s: %s", queue_key, update)
+
+    if job is not None:
+        queue.mark_started(connection, queue_key, job.id)
+    try:
+        progress({"phase": "exporting"})
+        source = Connections().image_source(project_id)
+        project = _ls_get(source, f"/api/projects/{project_id}")
+        control = trainable_control(parse_label_config(project["label_config"]))
+        key = store_key(project_id, control)
+        assert key is not None
+        tasks = _ls_get(source, f"/api/projects/{project_id}/export", exportType="JSON",
+                        download_all_tasks="false")
+        params = load_params(connection, queue_key)
+        store = ModelStore()
+        with tempfile.TemporaryDirectory(prefix=f"ls-{project_id}-images-") as tmp:
+            progress({"phase": "downloading", "tasks": len(tasks)})
+            samples = collect_samples(tasks, control, source, Path(tmp))
+            task = TRAINABLE[control.kind]
+            current = store.current(key)
+            default = _base_model(control, task)
+            request = TrainRequest(
+                key=key, task=task, class_names=control.labels, samples=samples,
+                base_model=str(current.weights) if current else default,
+                serving_weights=None if default.endswith(".yaml") else default,
+                params=params, trigger={**(trigger or {}), "annotated_tasks": len(samples),
+                                        "job": job.id if job else None})
+            return run_training(request, store, progress)
+    except (redis.RedisError, requests.RequestException) as exc:
+        progress({"phase": "failed", "error": str(exc)})
+        raise
+    finally:
+        if job is not None:
+            queue.mark_finished(connection, queue_key, job.id)
+
+
+def _base_model(control: ControlSpec, task: str) -> str:
+    """The control's default weights when we can get them, else train from the YAML."""
+    try:
+        return resolve_model(control.model_ref)
+    except ModelNotFoundError:
+        return scratch_model(task)

@@ -1,0 +1,89 @@
+"""Which store version each serving process uses, switched without blocking requests.
+
+A daemon thread listens on the model-updates channel (and polls as a fallback for missed
+messages); on a change it loads the new weights through the model cache first and only then
+swaps the in-memory pointer. Requests read the pointer and never wait for a load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from backends.model_store import UPDATES_CHANNEL, ModelStore, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+class CurrentModels:
+    def __init__(self, store: ModelStore, preload: Callable[[str], object],
+                 poll_seconds: float = 5.0):
+        self.store = store
+        self._preload = preload
+        self._poll = poll_seconds
+        self._current: dict[str, ModelVersion | None] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def get(self, key: str) -> ModelVersion | None:
+        """The version in use for `key` here; the first call per key reads the pointer."""
+        with self._lock:
+            if key in self._current:
+                return self._current[key]
+        version = self.store.current(key)
+        with self._lock:
+            self._current.setdefault(key, version)
+            return self._current[key]
+
+    def refresh(self, key: str) -> bool:
+        """Load and switch to the store's current version of `key`; True if it changed."""
+        latest = self.store.current(key)
+        with self._lock:
+            known = self._current.get(key)
+        if latest is None or (known is not None and known.version == latest.version):
+            return False
+        self._preload(str(latest.weights))  # slow part, outside the lock
+        with self._lock:
+            self._current[key] = latest
+        log.info("now serving %s", latest.model_version)
+        return True
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="model-updates", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._listen()
+            except redis.RedisError as exc:
+                log.debug("model-updates listener: %s; retrying", exc)
+            except Exception:
+                log.exception("model-updates listener failed; retrying")
+            time.sleep(self._poll)
+
+    def _listen(self) -> None:
+        from labelpilot.redis_conn import get_redis
+
+        pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(UPDATES_CHANNEL)
+        try:
+            while True:
+                message = pubsub.get_message(timeout=self._poll)
+                if message and message.get("type") == "message":
+                    key = json.loads(message["data"]).get("key")
+                    if key:
+                        self.refresh(key)
+                else:
+                    with self._lock:
+                        keys = list(self._current)
+                    for key in keys:  # fallback for messages missed while disconnected
+                        self.refresh(key)
+        finally:
+            pubsub.close()

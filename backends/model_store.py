@@ -1,0 +1,153 @@
+"""Model versions on disk + the current-version pointer in Redis (with a file fallback).
+
+Layout: ``<MODEL_DIR>/store/<key>/<version>/{weights.pt, version.json}``. A version directory is
+written under a temporary name and renamed into place, so a killed writer never leaves a version
+that looks complete. Promotion sets ``labelpilot:model:<key>:current`` and publishes on
+``labelpilot:model-updates``; every serving process listens and hot-swaps (see `hot_swap`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from backends.model_ref import model_dir
+
+log = logging.getLogger(__name__)
+UPDATES_CHANNEL = "labelpilot:model-updates"
+_POINTER = "labelpilot:model:{}:current"
+_VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    key: str
+    version: str  # "v3"
+    path: Path  # the version directory
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "weights.pt"
+
+    @property
+    def model_version(self) -> str:
+        """What Label Studio sees as model_version."""
+        return f"{self.key}-{self.version}"
+
+    def info(self) -> dict[str, Any]:
+        return dict(json.loads((self.path / "version.json").read_text()))
+
+
+class ModelStore:
+    def __init__(self, root: Path | None = None,
+                 redis_factory: Callable[[], redis.Redis] | None = None):
+        self.root = root or model_dir() / "store"
+        self._redis_factory = redis_factory
+
+    def _redis(self) -> redis.Redis:
+        if self._redis_factory is not None:
+            return self._redis_factory()
+        from labelpilot.redis_conn import get_redis
+
+        return get_redis()
+
+    def versions(self, key: str) -> list[ModelVersion]:
+        directory = self.root / key
+        if not directory.is_dir():
+            return []
+        found = [ModelVersion(key, p.name, p) for p in directory.iterdir()
+                 if _VERSION_RE.match(p.name) and (p / "version.json").exists()]
+        return sorted(found, key=lambda v: int(v.version[1:]))
+
+    def get(self, key: str, version: str) -> ModelVersion:
+        candidate = ModelVersion(key, version, self.root / key / version)
+        if not (candidate.path / "version.json").exists():
+            raise KeyError(f"no version {version} of model '{key}' in {self.root}")
+        return candidate
+
+    def write_version(self, key: str, weights: Path, info: Mapping[str, Any],
+                      extra_files: Mapping[str, Path] | None = None) -> ModelVersion:
+        """Copy weights and metadata into the next version number, atomically."""
+        directory = self.root / key
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = directory / f".partial-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            shutil.copyfile(weights, staging / "weights.pt")
+            for name, source in (extra_files or {}).items():
+                shutil.copyfile(source, staging / name)
+            while True:
+                existing = [int(v.version[1:]) for v in self.versions(key)]
+                number = max(existing, default=0) + 1
+                version = f"v{number}"
+                body = {**info, "key": key, "version": version, "written_at": time.time()}
+                (staging / "version.json").write_text(json.dumps(body, indent=2, default=str))
+                try:
+                    staging.rename(directory / version)  # atomic; fails if taken meanwhile
+                    return ModelVersion(key, version, directory / version)
+                except OSError:
+                    if not (directory / version).exists():
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def current(self, key: str) -> ModelVersion | None:
+        """The promoted version: Redis pointer, else the pointer file (Redis down)."""
+        version: str | None
+        try:
+            raw = self._redis().get(_POINTER.format(key))
+            version = raw.decode() if isinstance(raw, bytes) else raw
+        except redis.RedisError:
+            pointer = self.root / key / "CURRENT"
+            version = pointer.read_text().strip() if pointer.exists() else None
+        if not version:
+            return None
+        try:
+            return self.get(key, version)
+        except KeyError:
+            log.error("current version %s of %s is missing on disk", version, key)
+            return None
+
+    def promote(self, key: str, version: str, *, by: str = "system") -> ModelVersion:
+        """Point `key` at `version` (also used for rollback) and tell every server."""
+        target = self.get(key, version)
+        pointer = self.root / key / "CURRENT"
+        tmp = pointer.with_name(f".CURRENT-{uuid.uuid4().hex}")
+        tmp.write_text(version)
+        os.replace(tmp, pointer)
+        client = self._redis()
+        client.set(_POINTER.format(key), version)
+        client.rpush(f"labelpilot:model:{key}:history", json.dumps(
+            {"version": version, "by": by, "at": time.time()}))
+        client.publish(UPDATES_CHANNEL, json.dumps({"key": key, "version": version}))
+        log.info("promoted %s to %s (by %s)", key, version, by)
+        return target
+
+    def rollback(self, key: str, *, by: str = "system") -> ModelVersion:
+        """Promote the version that was current before the present one."""
+        current = self.current(key)
+        previous = [h["version"] for h in self.history(key)
+                    if current is None or h["version"] != current.version]
+        if not previous:
+            raise KeyError(f"'{key}' has no earlier promoted version to roll back to")
+        return self.promote(key, previous[-1], by=by)
+
+    def history(self, key: str) -> list[dict[str, Any]]:
+        raw = self._redis().lrange(f"labelpilot:model:{key}:history", 0, -1)
+        return [json.loads(r) for r in raw]
+
+    def model_keys(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())

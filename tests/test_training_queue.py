@@ -1,0 +1,81 @@
+"""Coalescing of training requests on real Redis + RQ (no worker: jobs stay queued)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from trainers import queue
+from trainers.pipeline import TrainParams, gate
+from trainers.settings import load_params, save_params
+
+FUNC = "adapters.label_studio.training.train_project"
+
+
+@pytest.fixture()
+def conn(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def request(conn: redis.Redis, key: str, n: int = 1) -> list[queue.Enqueued]:
+    return [queue.request_training(conn, key, FUNC, {"project_id": 0}, {"event": "test"})
+            for _ in range(n)]
+
+
+def test_a_burst_of_200_requests_makes_one_job(conn):
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    answers = request(conn, key, 200)
+    assert answers[0].outcome == "enqueued"
+    assert {a.outcome for a in answers[1:]} == {"coalesced"}
+    assert len({a.job_id for a in answers}) == 1
+    job = Job.fetch(answers[0].job_id, connection=conn)
+    assert job.meta["coalesced"] == 199 and job.meta["key"] == key
+    assert job.get_status() == JobStatus.QUEUED
+    job.cancel()
+
+
+def test_requests_during_training_queue_exactly_one_follow_up(conn):
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    (first,) = request(conn, key)
+    job = Job.fetch(first.job_id, connection=conn)
+    Queue(queue.QUEUE_NAME, connection=conn).remove(job)
+    job.set_status(JobStatus.STARTED)  # what a worker does when it picks the job up
+    queue.mark_started(conn, key, job.id)
+    during = request(conn, key, 50)
+    assert during[0].outcome == "follow-up"
+    assert {a.outcome for a in during[1:]} == {"coalesced"}
+    follow_up = Job.fetch(during[0].job_id, connection=conn)
+    assert follow_up.get_status() == JobStatus.DEFERRED  # waits for the running one
+    assert follow_up.dependency_ids == [job.id]
+    listed = queue.jobs(conn, key)
+    assert {j["id"] for j in listed} == {job.id, follow_up.id}
+    assert {j["status"] for j in listed} == {"started", "deferred"}
+    queue.mark_finished(conn, key, job.id)
+    assert [j["id"] for j in queue.jobs(conn, key)] == [follow_up.id]
+    follow_up.cancel()
+
+
+def test_settings_round_trip_and_validation(conn):
+    project = f"ls-test-{uuid.uuid4().hex[:6]}"
+    assert load_params(conn, project) == TrainParams()
+    saved = save_params(conn, project, epochs=7, promotion="manual", imgsz=None)
+    assert (saved.epochs, saved.promotion, saved.imgsz) == (7, "manual", TrainParams().imgsz)
+    assert load_params(conn, project) == saved
+    with pytest.raises(ValueError, match="promotion"):
+        save_params(conn, project, promotion="sometimes")
+
+
+@pytest.mark.parametrize("params, candidate, current, promote", [
+    (TrainParams(), {"map50_95": 0.5}, None, True),
+    (TrainParams(), {"map50_95": 0.5}, {"map50_95": 0.4}, True),
+    (TrainParams(margin=0.2), {"map50_95": 0.5}, {"map50_95": 0.4}, False),
+    (TrainParams(), {"map50_95": 0.3}, {"map50_95": 0.4}, False),
+    (TrainParams(promotion="manual"), {"map50_95": 0.9}, {"map50_95": 0.1}, False),
+    (TrainParams(), None, None, False),
+])
+def test_promotion_gate(params, candidate, current, promote):
+    assert gate(params, candidate, current)["promote"] is promote

@@ -1,0 +1,31 @@
+"""Per-project training settings in Redis, with defaults from `TrainParams`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import redis
+
+from trainers.pipeline import TrainParams
+
+_KEY = "labelpilot:settings:{}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def load_params(connection: redis.Redis, project: str) -> TrainParams:
+    raw = connection.hgetall(_KEY.format(project))
+    return TrainParams.from_mapping({_text(k): _text(v) for k, v in raw.items()})
+
+
+def save_params(connection: redis.Redis, project: str, **changes: Any) -> TrainParams:
+    merged = {**asdict(load_params(connection, project)),
+              **{k: v for k, v in changes.items() if v is not None}}
+    params = TrainParams.from_mapping(merged)
+    if params.promotion not in ("auto", "manual"):
+        raise ValueError("promotion must be 'auto' or 'manual'")
+    connection.hset(_KEY.format(project), mapping={k: str(v) for k, v in asdict(params).items()})
+    return params
