@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -37,17 +38,17 @@ def quality(predictions: list[dict], truth: dict[int, object]) -> float:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory, redis_url, weak_shapes_model, label_studio) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("loop")
-    env = {"REDIS_URL": redis_url, "LABELPILOT_MODEL_DETECT": str(weak_shapes_model),
-           "MODEL_DIR": str(tmp / "models"), "LABELPILOT_ADMIN_TOKEN": "test-admin-token"}
+    env: dict[str, str] = {
+        "REDIS_URL": redis_url, "LABELPILOT_MODEL_DETECT": str(weak_shapes_model),
+        "MODEL_DIR": str(tmp / "models"), "LABELPILOT_ADMIN_TOKEN": "test-admin-token",
+        "LABELPILOT_ALLOWED_HOSTS": "127.0.0.1"}
     backend = start_backend(tmp, env, workers=2)
     worker_log = tmp / "worker.log"
-    worker = subprocess.Popen([sys.executable, "-m", "labelpilot", "worker"], cwd=REPO,
-                              env={**os.environ, **env, "PYTHONPATH": str(REPO)},
-                              stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
-    yield {"backend": backend, "worker": worker, "worker_log": worker_log, "env": env,
-           "tmp": tmp}
-    worker.terminate()
-    worker.wait(30)
+    state = {"backend": backend, "worker": start_worker(env, worker_log), "env": env,
+             "tmp": tmp, "worker_log": worker_log}
+    yield state
+    state["worker"].terminate()
+    state["worker"].wait(30)
     backend.stop()
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
@@ -55,7 +56,16 @@ def loop(tmp_path_factory, redis_url, weak_shapes_model, label_studio) -> Iterat
     (artifacts / "retraining-backend.log").write_bytes(backend.log.read_bytes())
 
 
-def wait_for(predicate, timeout: float, interval: float = 1.0, what: str = ""):  # type: ignore[no-untyped-def]
+def start_worker(env: dict[str, str], log: Path,
+                 new_session: bool = False) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "labelpilot", "worker"], cwd=REPO,
+                            env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=new_session)
+
+
+def wait_for(predicate, timeout: float, interval: float = 1.0,  # type: ignore[no-untyped-def]
+             what: str = ""):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -134,3 +144,193 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
     assert {p["task"] for p in after} == set(truth)  # LS re-predicted with the new version
     assert first_version != new_version
     assert quality(after, truth) > baseline
+
+
+@pytest.fixture(scope="module")
+def image_urls(tmp_path_factory) -> Iterator[list[str]]:
+    import http.server
+    import threading
+
+    directory = tmp_path_factory.mktemp("swap-images")
+    generate_images(directory, 4, seed=77)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
+            super().__init__(*a, directory=str(directory), **kw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield [f"{base}/img77_{i}.png" for i in range(4)]
+    httpd.shutdown()
+
+
+def served_versions(url: str, project: int, n: int = 12) -> set[str]:
+    return {requests.post(f"{url}/setup", timeout=5, json={
+        "project": f"{project}.0", "schema": load("detection_shapes")}).json()["model_version"]
+        for _ in range(n)}
+
+
+def test_hot_swap_under_load_fails_no_request(loop, image_urls, weak_shapes_model,
+                                              shapes_model, redis_url):
+    import threading
+
+    import redis as redis_lib
+
+    from backends.model_store import ModelStore
+
+    backend: BackendServer = loop["backend"]
+    project = 900
+    key = f"ls-{project}-label"
+    client = redis_lib.Redis.from_url(redis_url)
+    store = ModelStore(loop["tmp"] / "models" / "store", lambda: client)
+    store.write_version(key, weak_shapes_model, {"note": "weak"})
+    store.write_version(key, shapes_model, {"note": "good"})
+    store.promote(key, "v1")
+    wait_for(lambda: served_versions(backend.url, project) == {f"{key}-v1"}, 10, 0.3,
+             "v1 everywhere")
+    body = {"tasks": [{"id": i, "data": {"image": u}} for i, u in enumerate(image_urls[:2])],
+            "project": f"{project}.0", "label_config": load("detection_shapes")}
+    outcomes: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                r = session.post(f"{backend.url}/predict", json=body, timeout=30)
+                version = r.json()["results"][0]["model_version"] if r.ok else ""
+                outcomes.append((time.monotonic(), r.status_code, version))
+            except requests.RequestException as exc:
+                outcomes.append((time.monotonic(), 0, str(exc)))
+
+    threads = [threading.Thread(target=client_loop) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    promoted_at = time.monotonic()
+    store.promote(key, "v2")
+    wait_for(lambda: served_versions(backend.url, project) == {f"{key}-v2"}, 2, 0.1,
+             "every worker to serve v2 within 2 s")
+    swapped_after = time.monotonic() - promoted_at
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(outcomes) > 20
+    assert [o for o in outcomes if o[1] != 200] == []  # zero failed requests
+    assert {o[2] for o in outcomes} <= {f"{key}-v1", f"{key}-v2"}
+    late = [o for o in outcomes if o[0] > promoted_at + swapped_after + 0.5]
+    assert late and {o[2] for o in late} == {f"{key}-v2"}
+
+
+def annotate_all(ls_admin, pid: int, images) -> dict[int, object]:  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Token {ls_admin.api_key}"}
+    by_name = {g.path.name: g for g in images}
+    truth = {t["id"]: next(g for n, g in by_name.items() if t["data"]["image"].endswith(n))
+             for t in ls_admin.tasks(pid)}
+    for task_id, image in truth.items():
+        result = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels",
+                   "original_width": image.size, "original_height": image.size,
+                   "value": {"x": b.x1 / image.size * 100, "y": b.y1 / image.size * 100,
+                             "width": (b.x2 - b.x1) / image.size * 100,
+                             "height": (b.y2 - b.y1) / image.size * 100, "rotation": 0,
+                             "rectanglelabels": [b.class_name.capitalize()]}}
+                  for b in image.boxes]
+        created = requests.post(f"{ls_admin.url}/api/tasks/{task_id}/annotations",
+                                headers=headers, json={"result": result}, timeout=30)
+        assert created.status_code == 201, created.text
+    return truth
+
+
+def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
+        loop, ls_admin, tmp_path_factory):
+    import signal
+
+    from backends.model_store import ModelStore
+
+    backend: BackendServer = loop["backend"]
+    headers = {"Authorization": f"Token {ls_admin.api_key}"}
+    pid = ls_admin.create_project("kill test", load("detection_shapes"))
+    images = generate_images(tmp_path_factory.mktemp("kill-images"), 16, seed=5151)
+    ls_admin.upload_images(pid, [g.path for g in images])
+    backend_id = ls_admin.connect_backend(pid, backend.url)
+    annotate_all(ls_admin, pid, images)
+    requests.put(f"{backend.url}/admin/projects/ls-{pid}/settings", headers=ADMIN, timeout=10,
+                 json={"epochs": 200, "imgsz": 160, "batch": 8, "patience": 200})
+    loop["worker"].terminate()  # only the worker we are about to kill takes this job
+    loop["worker"].wait(30)
+    worker = start_worker(loop["env"], loop["tmp"] / "kill-worker.log", new_session=True)
+    try:
+        requests.post(f"{ls_admin.url}/api/ml/{backend_id}/train", headers=headers, json={},
+                      timeout=30)
+
+        def training_job() -> dict | None:
+            jobs = requests.get(f"{backend.url}/jobs", params={"project": pid}, timeout=10)
+            job = jobs.json()["jobs"][0] if jobs.json()["jobs"] else None
+            return job if job and (job["meta"].get("epoch") or 0) >= 1 else None
+
+        job = wait_for(training_job, 300, 1, "training to reach epoch 1")
+        os.kill(job["meta"]["pid"], signal.SIGKILL)  # the process training, mid-epoch
+        os.killpg(worker.pid, signal.SIGKILL)  # and its worker
+        worker.wait(10)
+
+        def failed() -> dict | None:
+            jobs = requests.get(f"{backend.url}/jobs", params={"project": pid}, timeout=10)
+            mine = [j for j in jobs.json()["jobs"] if j["id"] == job["id"]]
+            return mine[0] if mine and mine[0]["status"] == "failed" else None
+
+        dead = wait_for(failed, 60, 1, "the killed job to show as failed")
+        assert "heartbeats" in dead["meta"]["error"]
+        store = ModelStore(loop["tmp"] / "models" / "store")
+        assert store.versions(f"ls-{pid}-label") == []  # nothing half-written is visible
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        loop["worker"] = start_worker(loop["env"], loop["worker_log"])
+    requests.put(f"{backend.url}/admin/projects/ls-{pid}/settings", headers=ADMIN, timeout=10,
+                 json={"epochs": 3})
+    requests.post(f"{ls_admin.url}/api/ml/{backend_id}/train", headers=headers, json={},
+                  timeout=30)
+
+    def next_finished() -> dict | None:
+        jobs = requests.get(f"{backend.url}/jobs", params={"project": pid}, timeout=10)
+        done = [j for j in jobs.json()["jobs"] if j["status"] == "finished"]
+        return done[0] if done else None
+
+    wait_for(next_finished, 300, 2, "the next training to finish")
+    assert [v.version for v in ModelStore(loop["tmp"] / "models" / "store").versions(
+        f"ls-{pid}-label")] == ["v1"]
+
+
+def test_predict_keeps_serving_and_webhook_answers_fast_when_redis_is_down(
+        tmp_path, shapes_model, image_urls):
+    from labelpilot.embedded_redis import EmbeddedRedis
+
+    redis_server = EmbeddedRedis(tmp_path / "redis")
+    url = redis_server.start()
+    backend = start_backend(tmp_path, {"REDIS_URL": url, "LABELPILOT_MODEL_DETECT":
+                                       str(shapes_model), "LABELPILOT_ALLOWED_HOSTS": "127.0.0.1"})
+    body = {"tasks": [{"id": 1, "data": {"image": image_urls[0]}}], "project": "5.0",
+            "label_config": load("detection_shapes")}
+    try:
+        before = requests.post(f"{backend.url}/predict", json=body, timeout=60)
+        assert before.status_code == 200
+        redis_server.stop()
+        for _ in range(4):  # both workers
+            during = requests.post(f"{backend.url}/predict", json=body, timeout=60)
+            assert during.status_code == 200, during.text
+            (was,), (now,) = before.json()["results"], during.json()["results"]
+            assert now["model_version"] == was["model_version"]
+            assert len(now["result"]) == len(was["result"]) > 0
+        started = time.perf_counter()
+        hook = requests.post(f"{backend.url}/webhook", timeout=5,
+                             json={"action": "START_TRAINING", "project": {"id": 5}})
+        assert time.perf_counter() - started < 1.0
+        assert hook.status_code == 503 and "Redis is unavailable" in hook.json()["error"]
+    finally:
+        backend.stop()
+        redis_server.stop()

@@ -33,7 +33,7 @@ def test_a_burst_of_200_requests_makes_one_job(conn):
     assert {a.outcome for a in answers[1:]} == {"coalesced"}
     assert len({a.job_id for a in answers}) == 1
     job = Job.fetch(answers[0].job_id, connection=conn)
-    assert job.meta["coalesced"] == 199 and job.meta["key"] == key
+    assert queue.coalesced_count(conn, job.id) == 199 and job.meta["key"] == key
     assert job.get_status() == JobStatus.QUEUED
     job.cancel()
 
@@ -79,3 +79,21 @@ def test_settings_round_trip_and_validation(conn):
 ])
 def test_promotion_gate(params, candidate, current, promote):
     assert gate(params, candidate, current)["promote"] is promote
+
+
+def test_a_job_whose_heartbeat_stopped_is_failed_and_its_follow_up_released(conn):
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    (first,) = request(conn, key)
+    job = Job.fetch(first.job_id, connection=conn)
+    Queue(queue.QUEUE_NAME, connection=conn).remove(job)
+    job.set_status(JobStatus.STARTED)
+    queue.mark_started(conn, key, job.id)  # also the first heartbeat
+    (follow_up,) = request(conn, key)
+    assert follow_up.outcome == "follow-up"
+    assert queue.reap_dead(conn, key) is None  # alive
+    conn.delete(f"labelpilot:train:alive:{key}")  # heartbeat expired: the process was killed
+    listed = {j["id"]: j for j in queue.jobs(conn, key)}
+    assert listed[job.id]["status"] == "failed"
+    assert "heartbeats" in listed[job.id]["meta"]["error"]
+    assert Job.fetch(follow_up.job_id, connection=conn).get_status() == JobStatus.QUEUED
+    Job.fetch(follow_up.job_id, connection=conn).cancel()

@@ -22,6 +22,9 @@ QUEUE_NAME = "labelpilot"
 JOB_TIMEOUT = 6 * 3600
 _PENDING = "labelpilot:train:pending:{}"
 _RUNNING = "labelpilot:train:running:{}"
+_ALIVE = "labelpilot:train:alive:{}"
+_COALESCED = "labelpilot:train:coalesced"  # job id → requests that joined it
+ALIVE_TTL_S = 20  # a training job refreshes this every few seconds while its process lives
 _WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
 
@@ -44,16 +47,35 @@ def _job(connection: redis.Redis, job_id: bytes | str | None) -> Job | None:
         return None
 
 
+def _lock(connection: redis.Redis, key: str) -> Any:
+    # a short poll interval: redis-py's default (0.1 s) made webhook acks wait in 100 ms steps
+    return connection.lock(f"labelpilot:train:lock:{key}", timeout=10, sleep=0.005,
+                           blocking_timeout=5)
+
+
+def _join_waiting(connection: redis.Redis, key: str) -> Enqueued | None:
+    pending = _job(connection, connection.get(_PENDING.format(key)))
+    if pending is None or pending.get_status(refresh=True) not in _WAITING:
+        return None
+    connection.hincrby(_COALESCED, pending.id, 1)
+    return Enqueued(pending.id, "coalesced")
+
+
+def coalesced_count(connection: redis.Redis, job_id: str) -> int:
+    return int(connection.hget(_COALESCED, job_id) or 0)
+
+
 def request_training(connection: redis.Redis, key: str, func: str, kwargs: dict[str, Any],
                      trigger: dict[str, Any]) -> Enqueued:
     """Queue a training of `key` unless one is already waiting."""
-    with connection.lock(f"labelpilot:train:lock:{key}", timeout=10, blocking_timeout=5):
-        pending = _job(connection, connection.get(_PENDING.format(key)))
-        if pending is not None and pending.get_status(refresh=True) in _WAITING:
-            pending.meta.setdefault("coalesced", 0)
-            pending.meta["coalesced"] += 1
-            pending.save_meta()
-            return Enqueued(pending.id, "coalesced")
+    joined = _join_waiting(connection, key)  # the common case in a burst: no lock needed
+    if joined is not None:
+        return joined
+    with _lock(connection, key):
+        joined = _join_waiting(connection, key)
+        if joined is not None:
+            return joined
+        reap_dead(connection, key)
         running = _job(connection, connection.get(_RUNNING.format(key)))
         depends = None
         if running is not None and running.get_status(refresh=True) == JobStatus.STARTED:
@@ -62,22 +84,52 @@ def request_training(connection: redis.Redis, key: str, func: str, kwargs: dict[
         job = Queue(QUEUE_NAME, connection=connection).enqueue(
             func, kwargs=kwargs, job_id=job_id, depends_on=depends, job_timeout=JOB_TIMEOUT,
             result_ttl=7 * 86400, failure_ttl=30 * 86400, description=f"train {key}",
-            meta={"key": key, "trigger": trigger, "phase": "queued", "coalesced": 0})
+            meta={"key": key, "trigger": trigger, "phase": "queued"})
         connection.set(_PENDING.format(key), job.id)
         return Enqueued(job.id, "follow-up" if depends else "enqueued")
 
 
+def heartbeat(connection: redis.Redis, key: str, job_id: str) -> None:
+    """The running job says it is alive (RQ itself notices a killed worker only much later)."""
+    connection.set(_ALIVE.format(key), job_id, ex=ALIVE_TTL_S)
+
+
+def reap_dead(connection: redis.Redis, key: str) -> str | None:
+    """Mark the key's running job failed if its heartbeat stopped (worker killed, host gone).
+
+    Its follow-up, deferred on it, is released. Returns the id of the job marked failed.
+    """
+    from rq.registry import FailedJobRegistry
+
+    running = _job(connection, connection.get(_RUNNING.format(key)))
+    if running is None or running.get_status(refresh=True) != JobStatus.STARTED:
+        return None
+    if _text(connection.get(_ALIVE.format(key))) == running.id:
+        return None
+    reason = (f"the training process stopped sending heartbeats for {ALIVE_TTL_S} s "
+              "(worker killed or host lost); no version was written")
+    running.meta.update({"phase": "failed", "error": reason})
+    running.save_meta()
+    running.set_status(JobStatus.FAILED)
+    queue = Queue(QUEUE_NAME, connection=connection)
+    FailedJobRegistry(queue=queue).add(running, ttl=30 * 86400, exc_string=reason)
+    connection.delete(_RUNNING.format(key))
+    queue.enqueue_dependents(running)
+    return running.id
+
+
 def mark_started(connection: redis.Redis, key: str, job_id: str) -> None:
     """Called by the job when it starts: it is no longer the waiting one."""
-    with connection.lock(f"labelpilot:train:lock:{key}", timeout=10, blocking_timeout=5):
+    with _lock(connection, key):
         if _text(connection.get(_PENDING.format(key))) == job_id:
             connection.delete(_PENDING.format(key))
         connection.set(_RUNNING.format(key), job_id)
+        heartbeat(connection, key, job_id)
 
 
 def mark_finished(connection: redis.Redis, key: str, job_id: str) -> None:
     if _text(connection.get(_RUNNING.format(key))) == job_id:
-        connection.delete(_RUNNING.format(key))
+        connection.delete(_RUNNING.format(key), _ALIVE.format(key))
 
 
 def jobs(connection: redis.Redis, key: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
@@ -91,7 +143,9 @@ def jobs(connection: redis.Redis, key: str | None = None, limit: int = 20) -> li
 
     queue = Queue(QUEUE_NAME, connection=connection)
     ids: list[str] = list(queue.get_job_ids())
-    if key:  # the key's own pointers: visible even when a dead worker's registry entry is gone
+    if key:
+        reap_dead(connection, key)
+        # the key's own pointers: visible even when a dead worker's registry entry is gone
         ids.extend(t for t in (_text(connection.get(_PENDING.format(key))),
                                _text(connection.get(_RUNNING.format(key)))) if t)
     for registry in (StartedJobRegistry, DeferredJobRegistry, FinishedJobRegistry,
@@ -105,6 +159,7 @@ def jobs(connection: redis.Redis, key: str | None = None, limit: int = 20) -> li
         out.append({"id": job.id, "key": job.meta.get("key"),
                     "status": getattr(status, "value", str(status)),
                     "enqueued_at": job.enqueued_at, "ended_at": job.ended_at,
-            "meta": job.meta, "error": (job.exc_info or "").strip().splitlines()[-1:]})
+            "meta": job.meta, "coalesced": coalesced_count(connection, job.id),
+            "error": (job.exc_info or "").strip().splitlines()[-1:]})
     out.sort(key=lambda j: str(j["id"]), reverse=True)
     return out[:limit]

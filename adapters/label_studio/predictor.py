@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +60,16 @@ class Predictor:
         self._max_pixels = max_pixels or int(
             os.environ.get("LABELPILOT_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
 
-    def preload(self, refs: Sequence[str]) -> threading.Thread:
-        """Load models in the background so the first request does not pay for it."""
+    def preload(self, refs: Sequence[str],
+                first: Callable[[], None] | None = None) -> threading.Thread:
+        """Load models in the background so the first request does not pay for it.
+
+        `first` runs before the models (cheap warm-ups that /setup needs within LS's 3 s).
+        """
 
         def run() -> None:
+            if first is not None:
+                first()
             for ref in refs:
                 try:
                     self.models.get(resolve_model(ref))

@@ -8,7 +8,10 @@ loses nothing and deleted annotations are respected; then hands our own `Sample`
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -126,10 +129,21 @@ def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dic
         else:
             log.info("%s: %s", queue_key, update)
 
+    stop_beating = threading.Event()
     if job is not None:
         queue.mark_started(connection, queue_key, job.id)
+        job_id = job.id
+
+        def beat() -> None:
+            while not stop_beating.wait(queue.ALIVE_TTL_S / 4):
+                try:
+                    queue.heartbeat(connection, queue_key, job_id)
+                except redis.RedisError as exc:
+                    log.warning("heartbeat failed: %s", exc)
+
+        threading.Thread(target=beat, name="train-heartbeat", daemon=True).start()
     try:
-        progress({"phase": "exporting"})
+        progress({"phase": "exporting", "pid": os.getpid(), "host": socket.gethostname()})
         source = Connections().image_source(project_id)
         project = _ls_get(source, f"/api/projects/{project_id}")
         control = trainable_control(parse_label_config(project["label_config"]))
@@ -156,6 +170,7 @@ def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dic
         progress({"phase": "failed", "error": str(exc)})
         raise
     finally:
+        stop_beating.set()
         if job is not None:
             queue.mark_finished(connection, queue_key, job.id)
 
