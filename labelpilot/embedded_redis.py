@@ -55,6 +55,7 @@ class EmbeddedRedis:
                 raise RuntimeError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
             try:
                 client.ping()
+                (self.data_dir / "url").write_text(self.url)  # for CLI commands in other shells
                 return self.url
             except redis.RedisError:
                 time.sleep(0.05)
@@ -62,6 +63,7 @@ class EmbeddedRedis:
         raise RuntimeError(f"redis-server did not answer within {timeout} s")
 
     def stop(self) -> None:
+        (self.data_dir / "url").unlink(missing_ok=True)
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from pathlib import Path
 
 import redis
 
@@ -11,7 +12,12 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
 def redis_url() -> str:
-    return os.environ.get("REDIS_URL") or DEFAULT_URL
+    """REDIS_URL, else the embedded Redis that `labelpilot serve` started in the data dir."""
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    data = Path(os.environ.get("LABELPILOT_DATA_DIR", ".data"))
+    recorded = data / "redis" / "url"
+    return recorded.read_text().strip() if recorded.exists() else DEFAULT_URL
 
 
 @cache

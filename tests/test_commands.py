@@ -46,6 +46,14 @@ def test_serve_starts_embedded_redis_worker_and_gunicorn_and_stops_cleanly(tmp_p
                                json={"action": "START_TRAINING", "project": {"id": 1}})
         assert answer.status_code == 201, answer.text  # recorded in the embedded Redis
         assert (tmp_path / "data" / "redis" / "redis.log").exists()
+        # another shell's CLI finds the embedded Redis: the queued job is listed
+        jobs = subprocess.run([sys.executable, "-m", "labelpilot", "jobs"], cwd=REPO,
+                              env=user_env(tmp_path), capture_output=True, text=True, timeout=60)
+        assert answer.json()["job"] in jobs.stdout, jobs.stdout + jobs.stderr
+        settings = subprocess.run(
+            [sys.executable, "-m", "labelpilot", "settings", "ls-1", "--epochs", "5"], cwd=REPO,
+            env=user_env(tmp_path), capture_output=True, text=True, timeout=60)
+        assert "epochs=5" in settings.stdout, settings.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
