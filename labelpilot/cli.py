@@ -132,6 +132,11 @@ def settings(
     typer.echo(" ".join(f"{k}={v}" for k, v in vars(params).items()))
 
 
+def _num(metrics: dict[str, float]) -> str:
+    value = metrics.get("map50_95")
+    return "-" if value is None else f"{value:.3f}"
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Every model key with its versions, metrics and which one serves."""
@@ -144,8 +149,8 @@ def models_list() -> None:
             cand = (v["metrics"] or {}).get("candidate") or {}
             cur = (v["metrics"] or {}).get("current") or {}
             mark = "*" if v["current"] else " "
-            typer.echo(f"{mark} {v['model_version']:<28} mAP50-95 {cand.get('map50_95', '-')!s:<8}"
-                       f" (was {cur.get('map50_95', '-')!s:<8}) {v['decision']['reason']}")
+            typer.echo(f"{mark} {v['model_version']:<28} holdout mAP50-95 {_num(cand):<6} "
+                       f"(served then: {_num(cur):<6}) {v['decision']['reason']}")
 
 
 @models_app.command("promote")

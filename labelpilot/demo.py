@@ -26,6 +26,9 @@ from labelpilot.serving import backend_processes, data_dir, ensure_redis, wait_h
 
 log = logging.getLogger(__name__)
 PROJECT_TITLE = "labelpilot demo"
+SHAPE_TASKS = 24
+# Offline demo training: small enough to finish in about a minute on a laptop CPU.
+OFFLINE_TRAINING = {"epochs": 40, "imgsz": 160, "batch": 8}
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,10 @@ def sample_images(directory: Path, with_shapes: bool) -> list[Path]:
         from trainers.synthetic import make_image
 
         rng = random.Random(2024)
-        for i in range(8):
+        for i in range(SHAPE_TASKS):
             target = directory / f"shapes_{i}.png"
             if not target.exists():
-                cv2.imwrite(str(target), make_image(rng, 320).image)
+                cv2.imwrite(str(target), make_image(rng, 160).image)
             paths.append(target)
     return paths
 
@@ -73,12 +76,14 @@ def choose_model(requested: str | None) -> DemoModel:
         if requested:
             raise
         log.warning("%s is not available here (%s).", ref, str(exc).splitlines()[0][:200])
-    from trainers.shapes_model import ensure_shapes_model
+    from trainers.shapes_model import DEMO_RECIPE, ensure_shapes_model
 
-    log.warning("Offline fallback: using a YOLO11n trained on generated shapes instead; photos "
-                "get no boxes from it, the shapes_*.png tasks do.")
-    weights = ensure_shapes_model(REPO / ".cache" / "models")
-    return DemoModel(str(weights), "detection_shapes", "YOLO11n trained on generated shapes")
+    log.warning("Offline fallback: using a half-trained YOLO11n for generated shapes instead "
+                "(photos get no boxes from it; label a few shapes_*.png tasks and press 'Start "
+                "training' to see it improve).")
+    weights = ensure_shapes_model(REPO / ".cache" / "models", DEMO_RECIPE)
+    return DemoModel(str(weights), "detection_shapes",
+                     "half-trained YOLO11n for generated shapes (offline fallback)")
 
 
 def _find_project(admin: LabelStudioAdmin) -> int | None:
@@ -91,6 +96,7 @@ def _find_project(admin: LabelStudioAdmin) -> int | None:
 def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None = None,
              wait: bool = True) -> dict[str, object]:
     root = data_dir() / "demo"
+    os.environ.setdefault("MODEL_DIR", str(root / "models"))  # the demo's own model store
     chosen = choose_model(model)
     with ExitStack() as stack:
         ensure_redis(stack)
@@ -111,6 +117,11 @@ def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None =
             images = sample_images(root / "samples", chosen.config_name == "detection_shapes")
             admin.upload_images(project, images)
             admin.connect_backend(project, backend_url)
+            if chosen.config_name == "detection_shapes":
+                from labelpilot.redis_conn import get_redis
+                from trainers.settings import save_params
+
+                save_params(get_redis(), f"ls-{project}", **OFFLINE_TRAINING)
         admin.retrieve_predictions(project)
         tasks = admin.tasks(project)
         predictions = admin.predictions(project)
@@ -126,6 +137,8 @@ def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None =
   tasks          {len(tasks)}, with pre-annotations: {len(predictions)} ({regions} regions)
 
   Open a task to see the boxes; sort by "Prediction score" to see the least certain first.
+  Label some tasks, then Settings > Model > Start training; follow it with
+  `.venv/bin/labelpilot jobs`. The better version then serves (`labelpilot models list`).
   Press Ctrl+C to stop.
 """, flush=True)
         if wait:

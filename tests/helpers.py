@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,3 +48,32 @@ def ls_box(region: dict) -> tuple[float, float, float, float]:
     v, w, h = region["value"], region["original_width"], region["original_height"]
     x, y = v["x"] * w / 100, v["y"] * h / 100
     return (x, y, x + v["width"] * w / 100, y + v["height"] * h / 100)
+
+
+@contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """A quiet static HTTP server on 127.0.0.1 for `directory`; yields its base URL."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def ground_truth_result(image: GeneratedImage) -> list[dict]:
+    """What an annotator would submit in LS for a generated image (percent rectangles)."""
+    s = image.size
+    return [{"from_name": "label", "to_name": "image", "type": "rectanglelabels",
+             "original_width": s, "original_height": s,
+             "value": {"x": b.x1 / s * 100, "y": b.y1 / s * 100, "width": (b.x2 - b.x1) / s * 100,
+                       "height": (b.y2 - b.y1) / s * 100, "rotation": 0,
+                       "rectanglelabels": [b.class_name.capitalize()]}} for b in image.boxes]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from adapters.label_studio.app import create_app
 from adapters.label_studio.config import parse_label_config
 from label_config import load
-from tests.helpers import generate_images
+from tests.helpers import generate_images, serve_directory
 
 CONFIG = load("detection_shapes")
 
@@ -24,18 +22,8 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     generate_images(directory, 2, seed=7)
     (directory / "truncated.png").write_bytes(
         (directory / "img7_0.png").read_bytes()[:120])
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
-            super().__init__(*a, directory=str(directory), **kw)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_directory(directory) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -63,7 +63,7 @@ def test_serve_starts_embedded_redis_worker_and_gunicorn_and_stops_cleanly(tmp_p
 
 
 @pytest.mark.e2e
-def test_demo_sets_up_label_studio_with_pre_annotations(tmp_path, shapes_model):
+def test_demo_sets_up_label_studio_with_pre_annotations(tmp_path):
     env = user_env(tmp_path)
     env["LABELPILOT_MODEL_DETECT"] = "yolo11n.pt"  # not downloadable here → offline fallback
     result = subprocess.run(
@@ -72,5 +72,5 @@ def test_demo_sets_up_label_studio_with_pre_annotations(tmp_path, shapes_model):
         text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "weight downloads are off" in result.stderr and "Offline fallback" in result.stderr
-    assert "tasks          15, with pre-annotations: 15" in result.stdout
+    assert "tasks          31, with pre-annotations: 31" in result.stdout
     assert "admin@example.com / labelpilot-demo" in result.stdout

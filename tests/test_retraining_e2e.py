@@ -15,7 +15,7 @@ import requests
 
 from label_config import load
 from tests.conftest import REPO, BackendServer, start_backend
-from tests.helpers import generate_images, iou, ls_box
+from tests.helpers import generate_images, ground_truth_result, iou, ls_box, serve_directory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -83,9 +83,7 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
     images = generate_images(tmp_path_factory.mktemp("loop-images"), 64, seed=4242)
     ls_admin.upload_images(pid, [g.path for g in images])
     backend_id = ls_admin.connect_backend(pid, backend.url)
-    by_name = {g.path.name: g for g in images}
-    truth = {t["id"]: next(g for n, g in by_name.items() if t["data"]["image"].endswith(n))
-             for t in ls_admin.tasks(pid)}
+    truth = task_truth(ls_admin, pid, images)
     ls_admin.retrieve_predictions(pid)
     before = ls_admin.predictions(pid)
     first_version = before[0]["model_version"]
@@ -94,17 +92,7 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
     settings = requests.put(f"{backend.url}/admin/projects/ls-{pid}/settings", headers=ADMIN,
                             json={"epochs": 15, "imgsz": 160, "batch": 8}, timeout=10)
     assert settings.status_code == 200, settings.text
-    for task_id, image in truth.items():  # annotators label every task
-        result = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels",
-                   "original_width": image.size, "original_height": image.size,
-                   "value": {"x": b.x1 / image.size * 100, "y": b.y1 / image.size * 100,
-                             "width": (b.x2 - b.x1) / image.size * 100,
-                             "height": (b.y2 - b.y1) / image.size * 100, "rotation": 0,
-                             "rectanglelabels": [b.class_name.capitalize()]}}
-                  for b in image.boxes]
-        created = requests.post(f"{ls_admin.url}/api/tasks/{task_id}/annotations",
-                                headers=headers, json={"result": result}, timeout=30)
-        assert created.status_code == 201, created.text
+    annotate_all(ls_admin, truth)  # annotators label every task
     no_job_yet = requests.get(f"{backend.url}/jobs", params={"project": pid}, timeout=10)
     assert no_job_yet.json()["jobs"] == []  # annotations alone don't train (train_every=0)
 
@@ -148,24 +136,10 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
 
 @pytest.fixture(scope="module")
 def image_urls(tmp_path_factory) -> Iterator[list[str]]:
-    import http.server
-    import threading
-
     directory = tmp_path_factory.mktemp("swap-images")
     generate_images(directory, 4, seed=77)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
-            super().__init__(*a, directory=str(directory), **kw)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield [f"{base}/img77_{i}.png" for i in range(4)]
-    httpd.shutdown()
+    with serve_directory(directory) as base:
+        yield [f"{base}/img77_{i}.png" for i in range(4)]
 
 
 def served_versions(url: str, project: int, n: int = 12) -> set[str]:
@@ -227,23 +201,20 @@ def test_hot_swap_under_load_fails_no_request(loop, image_urls, weak_shapes_mode
     assert late and {o[2] for o in late} == {f"{key}-v2"}
 
 
-def annotate_all(ls_admin, pid: int, images) -> dict[int, object]:  # type: ignore[no-untyped-def]
-    headers = {"Authorization": f"Token {ls_admin.api_key}"}
+def task_truth(ls_admin, pid: int, images) -> dict:  # type: ignore[no-untyped-def]
+    """LS task id → the generated image (with its ground truth) the task shows."""
     by_name = {g.path.name: g for g in images}
-    truth = {t["id"]: next(g for n, g in by_name.items() if t["data"]["image"].endswith(n))
-             for t in ls_admin.tasks(pid)}
+    return {t["id"]: next(g for n, g in by_name.items() if t["data"]["image"].endswith(n))
+            for t in ls_admin.tasks(pid)}
+
+
+def annotate_all(ls_admin, truth: dict) -> None:  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Token {ls_admin.api_key}"}
     for task_id, image in truth.items():
-        result = [{"from_name": "label", "to_name": "image", "type": "rectanglelabels",
-                   "original_width": image.size, "original_height": image.size,
-                   "value": {"x": b.x1 / image.size * 100, "y": b.y1 / image.size * 100,
-                             "width": (b.x2 - b.x1) / image.size * 100,
-                             "height": (b.y2 - b.y1) / image.size * 100, "rotation": 0,
-                             "rectanglelabels": [b.class_name.capitalize()]}}
-                  for b in image.boxes]
         created = requests.post(f"{ls_admin.url}/api/tasks/{task_id}/annotations",
-                                headers=headers, json={"result": result}, timeout=30)
+                                headers=headers, json={"result": ground_truth_result(image)},
+                                timeout=30)
         assert created.status_code == 201, created.text
-    return truth
 
 
 def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
@@ -258,7 +229,7 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
     images = generate_images(tmp_path_factory.mktemp("kill-images"), 16, seed=5151)
     ls_admin.upload_images(pid, [g.path for g in images])
     backend_id = ls_admin.connect_backend(pid, backend.url)
-    annotate_all(ls_admin, pid, images)
+    annotate_all(ls_admin, task_truth(ls_admin, pid, images))
     requests.put(f"{backend.url}/admin/projects/ls-{pid}/settings", headers=ADMIN, timeout=10,
                  json={"epochs": 200, "imgsz": 160, "batch": 8, "patience": 200})
     loop["worker"].terminate()  # only the worker we are about to kill takes this job

@@ -34,6 +34,8 @@ class Recipe:
 RECIPE = Recipe()
 # A deliberately under-trained starting point, for tests where retraining must improve a model.
 WEAK_RECIPE = Recipe(epochs=10)
+# The offline demo's starting point: visibly imperfect, so a handful of labels improves it.
+DEMO_RECIPE = Recipe(epochs=9)
 
 
 def recipe_key(recipe: Recipe = RECIPE) -> str:
