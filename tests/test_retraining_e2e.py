@@ -305,3 +305,40 @@ def test_predict_keeps_serving_and_webhook_answers_fast_when_redis_is_down(
     finally:
         backend.stop()
         redis_server.stop()
+
+
+def test_a_burst_of_200_webhooks_over_http_makes_at_most_two_jobs(loop, redis_url):
+    """Real gunicorn (2 workers), real Redis + RQ: the burst coalesces; every ack is fast."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis as redis_lib
+    from rq.job import Job
+
+    backend: BackendServer = loop["backend"]
+    project = 4321
+    loop["worker"].terminate()  # jobs stay queued, as while a long training runs
+    loop["worker"].wait(30)
+    events = [{"action": "START_TRAINING", "project": {"id": project}} if i % 10 == 0 else
+              {"action": "ANNOTATION_CREATED", "project": {"id": project}, "task": {"id": i},
+               "annotation": {"id": i, "task": i, "project": project, "result": []}}
+              for i in range(200)]
+    requests.put(f"{backend.url}/admin/projects/ls-{project}/settings", headers=ADMIN,
+                 json={"train_every": 5}, timeout=10)
+
+    def send(event: dict) -> tuple[int, float, dict]:
+        started = time.perf_counter()
+        response = requests.post(f"{backend.url}/webhook", json=event, timeout=10)
+        return response.status_code, time.perf_counter() - started, response.json()
+
+    connection = redis_lib.Redis.from_url(redis_url)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, events))
+        for job_id in {body["job"] for _, _, body in answers if body.get("job")}:
+            Job.fetch(job_id, connection=connection).cancel()  # nothing to train for
+    finally:
+        loop["worker"] = start_worker(loop["env"], loop["worker_log"])
+    assert {status for status, _, _ in answers} == {201}
+    jobs = {body["job"] for _, _, body in answers if body.get("job")}
+    assert 1 <= len(jobs) <= 2, jobs
+    assert max(seconds for _, seconds, _ in answers) < 1.0  # LS's webhook timeout
