@@ -40,7 +40,7 @@ class YoloModel:
         names = self._model.names
         self.class_names: tuple[str, ...] = tuple(names[i] for i in sorted(names))
         self._lock = threading.Lock()
-        self._batch = _batch_size(self.device)
+        self._batch = _batch_size()
         log.info("loaded %s (task=%s, %d classes) on %s", weights, self.task,
                  len(self.class_names), self.device)
 
@@ -64,7 +64,7 @@ class YoloModel:
         return [convert(result, self.class_names) for result in results]
 
 
-def _batch_size(device: str) -> int:
+def _batch_size() -> int:
     """Images per model call. Batching measured faster on this 2-core CPU too (bench/)."""
     if os.environ.get("LABELPILOT_BATCH_MODE", "auto") == "loop":
         return 1

@@ -63,7 +63,7 @@ def _label_line(task: str, instance: Instance, index: int, w: int, h: int) -> st
 
 def build_dataset(samples: Sequence[Sample], task: str, class_names: Sequence[str],
                   root: Path) -> BuiltDataset:
-    """Write images and labels for detect / obb / segment / classify."""
+    """Write images and labels for detect / obb / segment (train+val yaml, holdout yaml)."""
     if task not in ("detect", "obb", "segment"):
         raise DatasetError(f"training {task} models is not supported yet (detect, obb, segment)")
     names = tuple(class_names)
