@@ -37,6 +37,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from labelpilot.processes import stop_processes
+
 REPO = Path(__file__).resolve().parent.parent
 OMP_THREADS = "2"
 CONF = 0.25
@@ -262,13 +264,7 @@ class Backend:
     launched_at: float
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_processes([self.process])
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -561,13 +557,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.raw_child:
         raw_child(args.raw_child, args.model, args.batch)
         return 0
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop gunicorn and the image server.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     model_path = (args.model or default_model()).resolve()
-    report = run_bench(args, model_path).report()
+    return report_run(lambda: run_bench(args, model_path).report(), render, args.json)
+
+
+def report_run(
+    run: Callable[[], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    json_path: Path | None,
+) -> int:
+    """Shared tail of every bench: run, print the table, optionally save the JSON.
+
+    SIGTERM unwinds like Ctrl-C, so the benches' finally blocks stop their servers.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    report = run()
     print(render(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
 
 

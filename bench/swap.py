@@ -21,9 +21,7 @@ Redis is DB 13 of 127.0.0.1:6379, flushed first.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -49,6 +47,7 @@ from bench.predict import (
     make_images,
     percentile,
     progress,
+    report_run,
     serve_directory,
     table,
 )
@@ -411,13 +410,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_offline()
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop gunicorn and the image server.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    report = run_bench(args)
-    print(render(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return report_run(lambda: run_bench(args), render, args.json)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ Jobs are counted in RQ (queue `labelpilot`, its registries and the key's pointer
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -46,6 +44,7 @@ from bench.predict import (
     gunicorn_backend,
     percentile,
     progress,
+    report_run,
     table,
 )
 from bench.swap import bench_redis
@@ -370,13 +369,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure_offline()
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop gunicorn.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    report = run_bench(args)
-    print(render(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return 0
+    return report_run(lambda: run_bench(args), render, args.json)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from labelpilot.processes import stop_processes
+
 
 def redis_binary() -> str:
     found = shutil.which("redis-server")
@@ -64,10 +66,5 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         (self.data_dir / "url").unlink(missing_ok=True)
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_processes([self.process], grace=5)
         self.process = None

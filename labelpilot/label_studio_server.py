@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from labelpilot.processes import stop_processes
+
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,12 +116,7 @@ class LabelStudioServer:
         tmp.rename(self.template)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
+        stop_processes([self.process], grace=15, group=True)
         self.process = None
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import requests
 
 from labelpilot.embedded_redis import EmbeddedRedis
+from labelpilot.processes import stop_processes
 
 log = logging.getLogger(__name__)
 QUEUES = ("labelpilot",)
@@ -56,17 +57,6 @@ def _serving_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-
-
 @contextmanager
 def backend_processes(host: str, port: int, *, workers: int = 2, threads: int = 4,
                       with_worker: bool = True, extra_env: dict[str, str] | None = None
@@ -82,7 +72,7 @@ def backend_processes(host: str, port: int, *, workers: int = 2, threads: int = 
         children.append(server)
         yield server
     finally:
-        _stop(children)
+        stop_processes(children, grace=30)
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -24,6 +24,7 @@ from backends.offline import configure_ultralytics  # noqa: E402
 configure_ultralytics(REPO / ".ultralytics")
 
 from labelpilot.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from labelpilot.processes import stop_processes  # noqa: E402
 
 _LOCAL_PREFIXES = ("127.", "::1", "localhost")
 
@@ -112,12 +113,7 @@ class BackendServer:
         self.log = log
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_processes([self.process])
 
 
 def start_backend(tmp: Path, env_extra: dict[str, str], workers: int = 2) -> BackendServer:
