@@ -117,6 +117,22 @@ def test_missing_weights_are_a_clear_error(client, image_server, tmp_path):
     assert "not found" in response.json["error"] and "MODEL_DIR" in response.json["error"]
 
 
+def test_setup_answers_before_any_model_exists_so_training_can_start(client, image_server,
+                                                                    monkeypatch, tmp_path):
+    """A new project whose default weights are absent can still connect (and then train)."""
+    monkeypatch.setenv("LABELPILOT_MODEL_SEGMENT", str(tmp_path / "absent-seg.pt"))
+    config = ('<View><Image name="image" value="$image"/><PolygonLabels name="p" '
+              'toName="image"><Label value="Circle"/></PolygonLabels></View>')
+    setup = client.post("/setup", json={"project": "77.1", "schema": config})
+    assert setup.status_code == 200 and setup.json["model_version"] == "untrained-p"
+    body = predict_body([f"{image_server}/img7_0.png"], config)
+    body["project"] = "77.1"
+    response = client.post("/predict", json=body)
+    assert response.status_code == 422
+    assert "absent-seg.pt" in response.json["error"]
+    assert "Start training" in response.json["error"]
+
+
 def test_interactive_context_without_sam_is_refused_clearly(client, image_server):
     body = predict_body([f"{image_server}/img7_0.png"])
     body["params"]["context"] = {"result": [{"type": "keypointlabels", "value": {

@@ -2,6 +2,8 @@
 
 The holdout is fixed by each sample's id, so it never trains and stays comparable across
 versions: candidate and current model are evaluated on exactly the same images.
+Layouts: detect / obb / segment / pose use `images/<split>` + `labels/<split>` and a data yaml;
+classify uses ultralytics' folder layout `<split>/<class>/image` with the holdout as `test`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.geometry import rotated_corners
-from backends.shapes import Instance
+from backends.shapes import BBox, Instance
 from trainers.samples import Sample
 
 SPLITS = ("train", "val", "holdout")
+TASKS = ("detect", "obb", "segment", "pose", "classify")
 
 
 class DatasetError(ValueError):
@@ -36,14 +39,16 @@ def split_of(sample_id: str, holdout_percent: int = 20, val_percent: int = 15) -
 @dataclass(frozen=True)
 class BuiltDataset:
     root: Path
-    train_yaml: Path  # train + val
-    holdout_yaml: Path  # holdout as its "val" split, for evaluation
-    class_names: tuple[str, ...]
+    train_data: Path  # what ultralytics' `data=` gets for training (train + val)
+    holdout_data: Path  # what `data=` gets for evaluation …
+    holdout_split: str  # … with this `split=` (the holdout, never trained on)
+    class_names: tuple[str, ...]  # in the trained model's class order
     counts: dict[str, int]
     manifest: list[dict[str, object]]
 
 
-def _label_line(task: str, instance: Instance, index: int, w: int, h: int) -> str | None:
+def _label_line(task: str, instance: Instance, index: int, w: int, h: int,
+                keypoint_count: int = 0) -> str | None:
     if task == "detect" and instance.box is not None:
         b = instance.box
         return (f"{index} {(b.x1 + b.x2) / 2 / w:.6f} {(b.y1 + b.y2) / 2 / h:.6f} "
@@ -58,17 +63,33 @@ def _label_line(task: str, instance: Instance, index: int, w: int, h: int) -> st
         return f"{index} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in corners)
     if task == "segment" and instance.polygon and len(instance.polygon) >= 3:
         return f"{index} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in instance.polygon)
+    if task == "pose" and instance.keypoints:
+        return _pose_line(instance, index, w, h, keypoint_count)
     return None
 
 
-def build_dataset(samples: Sequence[Sample], task: str, class_names: Sequence[str],
-                  root: Path) -> BuiltDataset:
-    """Write images and labels for detect / obb / segment (train+val yaml, holdout yaml)."""
-    if task not in ("detect", "obb", "segment"):
-        raise DatasetError(f"training {task} models is not supported yet (detect, obb, segment)")
-    names = tuple(class_names)
-    index = {n: i for i, n in enumerate(names)}
-    shutil.rmtree(root, ignore_errors=True)
+def _pose_line(instance: Instance, index: int, w: int, h: int, keypoint_count: int) -> str | None:
+    """Box + K keypoints (x y visibility); unlabelled keypoints are `0 0 0`."""
+    points = {k.index: k for k in instance.keypoints or () if 0 <= k.index < keypoint_count}
+    if not points:
+        return None
+    box = instance.box
+    if box is None:  # no box drawn: the keypoints' extent, padded a little
+        xs = [k.x for k in points.values()]
+        ys = [k.y for k in points.values()]
+        pad_x = max(0.1 * (max(xs) - min(xs)), 0.02 * w)
+        pad_y = max(0.1 * (max(ys) - min(ys)), 0.02 * h)
+        box = BBox(max(min(xs) - pad_x, 0), max(min(ys) - pad_y, 0),
+                   min(max(xs) + pad_x, w), min(max(ys) + pad_y, h))
+    parts = [f"{index} {(box.x1 + box.x2) / 2 / w:.6f} {(box.y1 + box.y2) / 2 / h:.6f} "
+             f"{(box.x2 - box.x1) / w:.6f} {(box.y2 - box.y1) / h:.6f}"]
+    for i in range(keypoint_count):
+        k = points.get(i)
+        parts.append(f"{k.x / w:.6f} {k.y / h:.6f} 2" if k else "0 0 0")
+    return " ".join(parts)
+
+
+def _splits(samples: Sequence[Sample]) -> dict[str, str]:
     splits = {s.sample_id: split_of(s.sample_id) for s in samples}
     # keep every split non-empty: ultralytics refuses an empty val set
     for needed in ("holdout", "val"):
@@ -76,32 +97,89 @@ def build_dataset(samples: Sequence[Sample], task: str, class_names: Sequence[st
             moved = sorted(s.sample_id for s in samples if splits[s.sample_id] == "train")
             if len(moved) > 1:
                 splits[moved[0]] = needed
+    return splits
+
+
+def build_dataset(samples: Sequence[Sample], task: str, class_names: Sequence[str],
+                  root: Path, keypoint_count: int = 0) -> BuiltDataset:
+    """Write images and labels for `task`; `keypoint_count` (K of kpt_shape) is for pose."""
+    if task not in TASKS:
+        raise DatasetError(f"cannot build a dataset for a {task} model ({', '.join(TASKS)})")
+    if task == "pose" and keypoint_count < 1:
+        raise DatasetError("a pose dataset needs the number of keypoints per object")
+    shutil.rmtree(root, ignore_errors=True)
+    if task == "classify":
+        return _build_classify(samples, class_names, root)
+    names = tuple(class_names)
+    index = {n: i for i, n in enumerate(names)}
+    splits = _splits(samples)
     counts = {split: 0 for split in SPLITS}
     manifest: list[dict[str, object]] = []
     for sample in samples:
         split = splits[sample.sample_id]
-        digest = hashlib.sha1(sample.image.read_bytes()).hexdigest()
-        stem = f"{sample.sample_id}{sample.image.suffix or '.png'}"
-        target = root / "images" / split / stem
+        target = root / "images" / split / _file_name(sample)
         lines = [line for inst in sample.instances if inst.class_name in index
                  if (line := _label_line(task, inst, index[inst.class_name], sample.width,
-                                         sample.height))]
+                                         sample.height, keypoint_count))]
         label_dir = root / "labels" / split
         label_dir.mkdir(parents=True, exist_ok=True)
         (label_dir / f"{sample.sample_id}.txt").write_text("\n".join(lines) + "\n")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(sample.image, target)
-        counts[split] += 1
-        manifest.append({"sample": sample.sample_id, "split": split, "sha1": digest,
-                         **sample.provenance})
-    if counts["train"] < 2:
-        raise DatasetError(f"only {counts['train']} labelled images for training (of "
-                           f"{len(samples)} in all); label more tasks and train again")
+        _copy(sample, target, split, counts, manifest)
+    _check_counts(counts, len(samples))
     names_yaml = "names:\n" + "\n".join(f"  {i}: {json.dumps(n)}" for i, n in enumerate(names))
+    if task == "pose":  # no flip_idx: ultralytics then turns horizontal flips off
+        names_yaml += f"\nkpt_shape: [{keypoint_count}, 3]"
     train_yaml = root / "train.yaml"
     train_yaml.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\n"
                           f"{names_yaml}\n")
     holdout_yaml = root / "holdout.yaml"
     holdout_yaml.write_text(f"path: {root.resolve()}\ntrain: images/train\n"
                             f"val: images/holdout\n{names_yaml}\n")
-    return BuiltDataset(root, train_yaml, holdout_yaml, names, counts, manifest)
+    return BuiltDataset(root, train_yaml, holdout_yaml, "val", names, counts, manifest)
+
+
+def _file_name(sample: Sample) -> str:
+    return f"{sample.sample_id}{sample.image.suffix or '.png'}"
+
+
+def _copy(sample: Sample, target: Path, split: str, counts: dict[str, int],
+          manifest: list[dict[str, object]]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sample.image, target)
+    counts[split] += 1
+    manifest.append({"sample": sample.sample_id, "split": split,
+                     "sha1": hashlib.sha1(sample.image.read_bytes()).hexdigest(),
+                     **sample.provenance})
+
+
+def _check_counts(counts: dict[str, int], total: int) -> None:
+    if counts["train"] < 2:
+        raise DatasetError(f"only {counts['train']} labelled images for training (of "
+                           f"{total} in all); label more tasks and train again")
+
+
+_CLASSIFY_DIRS = {"train": "train", "val": "val", "holdout": "test"}
+
+
+def _build_classify(samples: Sequence[Sample], class_names: Sequence[str],
+                    root: Path) -> BuiltDataset:
+    """ultralytics' classification layout; class order = sorted folder names, as it reads them."""
+    for name in class_names:
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise DatasetError(f"class name {name!r} cannot be a folder name: rename the label")
+    names = tuple(sorted(class_names))
+    for folder in _CLASSIFY_DIRS.values():
+        for name in names:  # every class everywhere, so every split sees the same classes
+            (root / folder / name).mkdir(parents=True, exist_ok=True)
+    splits = _splits(samples)
+    counts = {split: 0 for split in SPLITS}
+    manifest: list[dict[str, object]] = []
+    for sample in samples:
+        label = next((c for c in sample.classes if c in names), None)
+        if label is None:
+            continue  # no (known) class chosen: nothing to learn from this image
+        split = splits[sample.sample_id]
+        target = root / _CLASSIFY_DIRS[split] / label / _file_name(sample)
+        _copy(sample, target, split, counts, manifest)
+    _check_counts(counts, len(samples))
+    return BuiltDataset(root, root, root, "test", names, counts, manifest)

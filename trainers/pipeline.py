@@ -13,12 +13,13 @@ from typing import Any
 from backends.model_store import ModelStore, ModelVersion
 from trainers.dataset import build_dataset
 from trainers.samples import Sample
-from trainers.yolo_train import evaluate_yolo, train_yolo
+from trainers.yolo_train import evaluate_yolo, primary_metric, train_yolo
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
 SCRATCH_YAML = {"detect": "yolo11n.yaml", "segment": "yolo11n-seg.yaml",
-                "obb": "yolo11n-obb.yaml"}
+                "obb": "yolo11n-obb.yaml", "pose": "yolo11n-pose.yaml",
+                "classify": "yolo11n-cls.yaml"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class TrainParams:
     promotion: str = "auto"  # "auto": promote if better by `margin`; "manual": an admin vets
     margin: float = 0.0
     train_every: int = 0  # start training after this many annotation changes (0: only on demand)
+    # weights whose matching layers seed a first version trained from a YAML (no served
+    # weights of the task yet), e.g. the project's detect model for its first pose model
+    pretrained: str = ""
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> TrainParams:
@@ -42,13 +46,14 @@ class TrainParams:
 @dataclass(frozen=True)
 class TrainRequest:
     key: str  # model-store key, e.g. "ls-3-label"
-    task: str  # detect | segment | obb
+    task: str  # detect | segment | obb | pose | classify
     class_names: tuple[str, ...]
     samples: Sequence[Sample]
     base_model: str  # weights to start from, or a .yaml
     params: TrainParams
     serving_weights: str | None = None  # what serves now when no version is promoted yet
     trigger: dict[str, Any] = field(default_factory=dict)
+    keypoint_count: int = 0  # pose: keypoints per object (K of kpt_shape)
 
 
 def scratch_model(task: str) -> str:
@@ -66,7 +71,7 @@ def run_training(request: TrainRequest, store: ModelStore,
         work = Path(tmp)
         progress({"phase": "dataset", "samples": len(request.samples)})
         dataset = build_dataset(request.samples, request.task, request.class_names,
-                                work / "data")
+                                work / "data", keypoint_count=request.keypoint_count)
         timings["dataset_s"] = time.time() - started
         epochs = request.params.epochs
 
@@ -77,16 +82,19 @@ def run_training(request: TrainRequest, store: ModelStore,
 
         progress({"phase": "training", "epoch": 0, "epochs": epochs, "counts": dataset.counts})
         t0 = time.time()
-        weights = train_yolo(request.base_model, dataset.train_yaml, work / "train",
+        transfer: dict[str, Any] = ({"pretrained": request.params.pretrained}
+                    if request.params.pretrained and request.base_model.endswith(".yaml") else {})
+        weights = train_yolo(request.base_model, dataset.train_data, work / "train",
                              epochs=epochs, imgsz=request.params.imgsz,
                              batch=request.params.batch, patience=request.params.patience,
-                             callbacks={"on_fit_epoch_end": on_epoch})
+                             callbacks={"on_fit_epoch_end": on_epoch}, **transfer)
         timings["train_s"] = time.time() - t0
         progress({"phase": "evaluating"})
         t0 = time.time()
         def evaluate(path: str) -> dict[str, float] | None:
-            return evaluate_yolo(path, dataset.holdout_yaml, imgsz=request.params.imgsz,
-                                 task=request.task, class_names=dataset.class_names)
+            return evaluate_yolo(path, dataset.holdout_data, imgsz=request.params.imgsz,
+                                 task=request.task, class_names=dataset.class_names,
+                                 split=dataset.holdout_split)
 
         candidate_metrics = evaluate(str(weights))
         current_metrics = evaluate(baseline) if baseline else None
@@ -117,14 +125,15 @@ def run_training(request: TrainRequest, store: ModelStore,
 
 def gate(params: TrainParams, candidate: dict[str, float] | None,
          current: dict[str, float] | None) -> dict[str, Any]:
-    """Promotion decision on the holdout's mAP50-95."""
+    """Promotion decision on the holdout's primary metric (mAP50-95, or top-1 accuracy)."""
     if params.promotion == "manual":
         return {"promote": False, "reason": "manual promotion: waiting for an admin"}
     if candidate is None:
         return {"promote": False, "reason": "candidate could not be evaluated"}
     if current is None:
         return {"promote": True, "reason": "no comparable current model"}
-    better = candidate["map50_95"] > current["map50_95"] + params.margin
+    name, value = primary_metric(candidate)
+    served = current[name]
+    better = value > served + params.margin
     return {"promote": better, "reason": (
-        f"candidate mAP50-95 {candidate['map50_95']:.3f} vs current {current['map50_95']:.3f}"
-        f" (margin {params.margin})")}
+        f"candidate {name} {value:.3f} vs current {served:.3f} (margin {params.margin})")}

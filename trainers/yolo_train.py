@@ -42,9 +42,16 @@ def train_yolo(model: str, data_yaml: Path, out_dir: Path, *, epochs: int, imgsz
     return final
 
 
-def evaluate_yolo(weights: str, data_yaml: Path, *, imgsz: int, task: str,
-                  class_names: tuple[str, ...]) -> dict[str, float] | None:
-    """mAP50-95 / mAP50 on the yaml's val split; None when the model's classes differ."""
+_MASK_SUFFIX = {"segment": "(M)", "pose": "(P)"}  # the metric that judges the task's output
+
+
+def evaluate_yolo(weights: str, data: Path, *, imgsz: int, task: str,
+                  class_names: tuple[str, ...], split: str = "val") -> dict[str, float] | None:
+    """Metrics on `data`'s `split`; None when the model's classes differ from `class_names`.
+
+    detect/obb: box mAP; segment: mask mAP; pose: keypoint mAP (box mAP as `box_*`);
+    classify: top-1/top-5 accuracy. `primary_metric` picks the one the promotion gate uses.
+    """
     import_ultralytics()
     from ultralytics import YOLO
 
@@ -52,9 +59,23 @@ def evaluate_yolo(weights: str, data_yaml: Path, *, imgsz: int, task: str,
     names = tuple(str(model.names[i]).lower() for i in sorted(model.names))
     if names != tuple(n.lower() for n in class_names):
         return None
-    results = model.val(data=str(data_yaml), imgsz=imgsz, batch=8, device=_device(),
+    results = model.val(data=str(data), split=split, imgsz=imgsz, batch=8, device=_device(),
                         workers=0, plots=False, verbose=False, save_json=False)
-    suffix = "(M)" if task == "segment" else "(B)"
     values = results.results_dict
-    return {"map50_95": float(values[f"metrics/mAP50-95{suffix}"]),
-            "map50": float(values[f"metrics/mAP50{suffix}"])}
+    if task == "classify":
+        return {"accuracy_top1": float(values["metrics/accuracy_top1"]),
+                "accuracy_top5": float(values["metrics/accuracy_top5"])}
+    suffix = _MASK_SUFFIX.get(task, "(B)")
+    metrics = {"map50_95": float(values[f"metrics/mAP50-95{suffix}"]),
+               "map50": float(values[f"metrics/mAP50{suffix}"])}
+    if suffix != "(B)":
+        metrics["box_map50_95"] = float(values["metrics/mAP50-95(B)"])
+    return metrics
+
+
+def primary_metric(metrics: dict[str, float]) -> tuple[str, float]:
+    """The metric a version is judged by: mAP50-95 (of the task's output) or top-1 accuracy."""
+    for name in ("map50_95", "accuracy_top1"):
+        if name in metrics:
+            return name, metrics[name]
+    raise KeyError(f"no mAP50-95 or top-1 accuracy in {sorted(metrics)}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from adapters.label_studio.config import ControlSpec
 from backends.geometry import mask_to_polygon
-from backends.shapes import BBox, Instance, RotatedBox
+from backends.shapes import BBox, Instance, Keypoint, RotatedBox
 
 
 def chosen_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
@@ -60,3 +60,68 @@ def task_instances(task: dict[str, Any], control: ControlSpec, width: int,
         return (), None
     found = (region_instance(r, control, width, height) for r in annotation.get("result") or [])
     return tuple(i for i in found if i is not None), annotation
+
+
+def task_choices(task: dict[str, Any], control: ControlSpec
+                 ) -> tuple[tuple[str, ...], dict[str, Any] | None]:
+    """The image-level labels chosen in a Choices control (classification)."""
+    annotation = chosen_annotation(task)
+    if annotation is None:
+        return (), None
+    chosen: list[str] = []
+    for region in annotation.get("result") or []:
+        if region.get("from_name") == control.name:
+            chosen += [c for c in (region.get("value") or {}).get("choices") or []
+                       if c in control.labels and c not in chosen]
+    return tuple(chosen), annotation
+
+
+def task_poses(task: dict[str, Any], control: ControlSpec, boxes: ControlSpec | None,
+               width: int, height: int) -> tuple[tuple[Instance, ...], dict[str, Any] | None]:
+    """KeyPointLabels points grouped into objects (pose training).
+
+    LS keypoints are loose points; each goes to the smallest box of the paired RectangleLabels
+    control that contains it (that box's label is the object's class). Without boxes, all
+    points of the image form one object of class `POSE_CLASS`.
+    """
+    annotation = chosen_annotation(task)
+    if annotation is None:
+        return (), None
+    index_of = {label: i for i, label in control.keypoint_labels.items()}
+    regions = annotation.get("result") or []
+    objects: list[tuple[Instance | None, dict[int, Keypoint]]] = []
+    if boxes is not None:
+        found = (region_instance(r, boxes, width, height) for r in regions)
+        objects = [(i, {}) for i in found if i is not None and i.box is not None]
+    loose: dict[int, Keypoint] = {}
+    for region in regions:
+        value = region.get("value") or {}
+        labels = value.get("keypointlabels") or []
+        if region.get("from_name") != control.name or not labels or labels[0] not in index_of:
+            continue
+        point = Keypoint(index_of[labels[0]], value["x"] * width / 100,
+                         value["y"] * height / 100, 1.0)
+        owner = _smallest_box_containing(objects, point)
+        target = owner if owner is not None else loose
+        target.setdefault(point.index, point)
+    poses = [Instance(box.class_name, 1.0, box=box.box, keypoints=tuple(points.values()))
+             for box, points in objects if box is not None and points]
+    if loose and not objects:
+        poses.append(Instance(POSE_CLASS, 1.0, keypoints=tuple(loose.values())))
+    return tuple(poses), annotation
+
+
+POSE_CLASS = "object"
+
+
+def _smallest_box_containing(objects: list[tuple[Instance | None, dict[int, Keypoint]]],
+                             point: Keypoint) -> dict[int, Keypoint] | None:
+    best: tuple[float, dict[int, Keypoint]] | None = None
+    for instance, points in objects:
+        box = instance.box if instance is not None else None
+        if box is None or not (box.x1 <= point.x <= box.x2 and box.y1 <= point.y <= box.y2):
+            continue
+        area = (box.x2 - box.x1) * (box.y2 - box.y1)
+        if best is None or area < best[0]:
+            best = (area, points)
+    return best[1] if best is not None else None

@@ -22,7 +22,7 @@ from adapters.label_studio.image_source import ImageSource, ImageSourceError
 from adapters.label_studio.payloads import Task
 from adapters.label_studio.results import control_results, task_score
 from adapters.metrics import IMAGE_FETCH_ERRORS, PREDICTIONS
-from backends.errors import ModelTaskError
+from backends.errors import ModelNotFoundError, ModelTaskError
 from backends.hot_swap import CurrentModels
 from backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from backends.model_cache import ModelCache
@@ -35,10 +35,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """The weights serving a control right now, and the version string LS sees for them."""
+    """The weights serving a control right now, and the version string LS sees for them.
 
-    weights: str
+    `weights` is None when there is nothing to serve yet (default weights absent, no trained
+    version): /setup still answers, so LS can connect and training can start from labels.
+    """
+
+    weights: str | None
     version: str
+    missing: str = ""  # why there are no weights, for the person who can fix it
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,12 @@ class Predictor:
         trained = self.current.get(key) if key else None
         if trained is not None:
             return ModelChoice(str(trained.weights), trained.model_version)
-        return ModelChoice(resolve_model(control.model_ref), model_version(control.model_ref))
+        try:
+            return ModelChoice(resolve_model(control.model_ref),
+                               model_version(control.model_ref))
+        except ModelNotFoundError as exc:
+            hint = (" — or label tasks and press Start training to train one" if key else "")
+            return ModelChoice(None, f"untrained-{control.name}", f"{exc}{hint}")
 
     def version(self, plan: ServingPlan, project_id: int | None) -> str:
         """The model_version for a project: the same string from /setup and on predictions."""
@@ -97,7 +107,12 @@ class Predictor:
         version = "+".join(sorted({choice.version for choice in choices.values()}))
         groups: dict[str, list[ControlSpec]] = {}
         for control, choice in choices.items():
+            if choice.weights is None:
+                log.warning("control '%s' not predicted: %s", control.name, choice.missing)
+                continue
             groups.setdefault(choice.weights, []).append(control)
+        if not groups:
+            raise ModelNotFoundError("; ".join(sorted({c.missing for c in choices.values()})))
         models = {weights: self.models.get(weights) for weights in groups}
         for weights, controls in groups.items():
             for control in controls:

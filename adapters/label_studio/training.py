@@ -20,7 +20,7 @@ import cv2
 import redis
 import requests
 
-from adapters.label_studio.annotations import task_instances
+from adapters.label_studio.annotations import POSE_CLASS, task_choices, task_instances, task_poses
 from adapters.label_studio.config import (
     ControlSpec,
     ServingPlan,
@@ -34,6 +34,7 @@ from backends.errors import ModelNotFoundError
 from backends.images import ImageError, decode_image
 from backends.model_ref import resolve_model
 from backends.model_store import ModelStore
+from backends.shapes import Instance
 from labelpilot.redis_conn import get_redis
 from trainers import queue
 from trainers.pipeline import TrainRequest, run_training, scratch_model
@@ -41,17 +42,58 @@ from trainers.samples import Sample
 from trainers.settings import load_params
 
 log = logging.getLogger(__name__)
-TRAINABLE = {"rectangle": "detect", "obb": "obb", "polygon": "segment", "brush": "segment"}
+TRAINABLE = {"rectangle": "detect", "obb": "obb", "polygon": "segment", "brush": "segment",
+             "keypoint": "pose", "choices": "classify"}
 JOB_FUNC = "adapters.label_studio.training.train_project"
 _CHANGES = "labelpilot:train:changes:ls-{}"
 
 
 def trainable_control(plan: ServingPlan) -> ControlSpec:
-    for control in plan.controls:
-        if control.kind in TRAINABLE and not control.explicit_model:
+    """The control whose model the project trains: the first one without `model_path`, except
+    that KeyPointLabels win (their pose model gives boxes too; rectangles then group points)."""
+    trainable = [c for c in plan.controls if c.kind in TRAINABLE and not c.explicit_model]
+    for control in trainable:
+        if control.kind == "keypoint":
             return control
-    raise ValueError("no trainable control (RectangleLabels, PolygonLabels or BrushLabels "
-                     "without model_path) in this project's label config")
+    if trainable:
+        return trainable[0]
+    raise ValueError("no trainable control (RectangleLabels, PolygonLabels, BrushLabels, "
+                     "KeyPointLabels or Choices without model_path) in this project's label "
+                     "config")
+
+
+def pose_boxes(plan: ServingPlan, control: ControlSpec) -> ControlSpec | None:
+    """The RectangleLabels control on the same image as a KeyPointLabels one, if any."""
+    return next((c for c in plan.controls if c.kind == "rectangle"
+                 and c.to_name == control.to_name), None)
+
+
+def training_classes(plan: ServingPlan, control: ControlSpec) -> tuple[str, ...]:
+    """Class names of the model trained for `control` (pose: the object classes)."""
+    if control.kind != "keypoint":
+        return control.labels
+    boxes = pose_boxes(plan, control)
+    return boxes.labels if boxes is not None else (POSE_CLASS,)
+
+
+def keypoint_count(control: ControlSpec) -> int:
+    return max(control.keypoint_labels) + 1 if control.kind == "keypoint" else 0
+
+
+Labelled = tuple[tuple[Instance, ...], tuple[str, ...], dict[str, Any] | None]
+
+
+def task_labels(task: dict[str, Any], plan: ServingPlan, control: ControlSpec, width: int,
+                height: int) -> Labelled:
+    """What a person labelled on a task for `control`: objects, image classes, the annotation."""
+    if control.kind == "choices":
+        classes, annotation = task_choices(task, control)
+        return (), classes, annotation
+    if control.kind == "keypoint":
+        poses, annotation = task_poses(task, control, pose_boxes(plan, control), width, height)
+        return poses, (), annotation
+    instances, annotation = task_instances(task, control, width, height)
+    return instances, (), annotation
 
 
 def on_training_event(event: WebhookEvent) -> queue.Enqueued | None:
@@ -84,8 +126,8 @@ def _ls_get(source: ImageSource, path: str, **params: Any) -> Any:
     return response.json()
 
 
-def collect_samples(tasks: list[dict[str, Any]], control: ControlSpec, source: ImageSource,
-                    directory: Path) -> list[Sample]:
+def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: ControlSpec,
+                    source: ImageSource, directory: Path) -> list[Sample]:
     samples: list[Sample] = []
     for task in tasks:
         url = (task.get("data") or {}).get(control.image_key)
@@ -96,7 +138,7 @@ def collect_samples(tasks: list[dict[str, Any]], control: ControlSpec, source: I
             log.warning("task %s skipped for training: %s", task.get("id"), exc)
             continue
         height, width = image.shape[:2]
-        instances, annotation = task_instances(task, control, width, height)
+        instances, classes, annotation = task_labels(task, plan, control, width, height)
         if annotation is None:
             continue
         # the decoded, upright 8-bit pixels: training sees exactly what prediction sees
@@ -104,7 +146,7 @@ def collect_samples(tasks: list[dict[str, Any]], control: ControlSpec, source: I
         cv2.imwrite(str(path), image)
         samples.append(Sample(
             sample_id=f"task-{task['id']}", image=path, width=width, height=height,
-            instances=instances, provenance={
+            instances=instances, classes=classes, provenance={
                 "task": str(task["id"]), "annotation": str(annotation.get("id")),
                 "completed_by": str(annotation.get("completed_by")),
                 "updated_at": str(annotation.get("updated_at"))}))
@@ -146,7 +188,8 @@ def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dic
         progress({"phase": "exporting", "pid": os.getpid(), "host": socket.gethostname()})
         source = Connections().image_source(project_id)
         project = _ls_get(source, f"/api/projects/{project_id}")
-        control = trainable_control(parse_label_config(project["label_config"]))
+        plan = parse_label_config(project["label_config"])
+        control = trainable_control(plan)
         key = store_key(project_id, control)
         assert key is not None
         tasks = _ls_get(source, f"/api/projects/{project_id}/export", exportType="JSON",
@@ -155,12 +198,13 @@ def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dic
         store = ModelStore()
         with tempfile.TemporaryDirectory(prefix=f"ls-{project_id}-images-") as tmp:
             progress({"phase": "downloading", "tasks": len(tasks)})
-            samples = collect_samples(tasks, control, source, Path(tmp))
+            samples = collect_samples(tasks, plan, control, source, Path(tmp))
             task = TRAINABLE[control.kind]
             current = store.current(key)
             default = _base_model(control, task)
             request = TrainRequest(
-                key=key, task=task, class_names=control.labels, samples=samples,
+                key=key, task=task, class_names=training_classes(plan, control),
+                samples=samples, keypoint_count=keypoint_count(control),
                 base_model=str(current.weights) if current else default,
                 serving_weights=None if default.endswith(".yaml") else default,
                 params=params, trigger={**(trigger or {}), "annotated_tasks": len(samples),
