@@ -31,11 +31,17 @@ def serve(
     workers: int = typer.Option(2, envvar="WORKERS", help="gunicorn worker processes"),
     threads: int = typer.Option(4, envvar="THREADS", help="threads per worker"),
     worker: bool = typer.Option(True, help="also start one RQ worker"),
+    cvat_port: int = typer.Option(0, envvar="LABELPILOT_CVAT_PORT", help="also serve on this "
+                                  "port (e.g. 8070, CVAT_NUCLIO_PORT) for CVAT's network"),
+    cvat_direct_ports: str = typer.Option("", envvar="LABELPILOT_CVAT_DIRECT_PORTS", help="port "
+                                          "range for CVAT's direct invoke mode, e.g. 32001-32016"),
 ) -> None:
     """Serve the ML backend (gunicorn) plus an RQ worker; embedded Redis if REDIS_URL is unset."""
+    from adapters.cvat.commands import serving_ports
     from labelpilot.serving import run_serve
 
-    raise typer.Exit(run_serve(host, port, workers, threads, worker))
+    extra = serving_ports(cvat_port, cvat_direct_ports)
+    raise typer.Exit(run_serve(host, port, workers, threads, worker, extra_ports=extra))
 
 
 @app.command("worker")
@@ -78,17 +84,47 @@ def connect_label_studio(
         typer.echo("note: BASIC_AUTH_USER is set; set the same user/password in LS model settings")
 
 
+@connect_app.command("cvat")
+def connect_cvat(
+    backend_url: str = typer.Option("http://labelpilot:9090", help="labelpilot's URL as CVAT's "
+                                    "containers reach it (the nuclio facade and the webhook)"),
+    cvat_url: str = typer.Option("", envvar="CVAT_URL", help="CVAT's URL: with credentials, "
+                                 "the webhook is registered through CVAT's API"),
+    project: int = typer.Option(None, help="CVAT project id for the training webhook"),
+    organization: str = typer.Option("", envvar="CVAT_ORG", help="or an organization slug "
+                                     "(organization-wide webhook)"),
+    secret: str = typer.Option("", envvar="LABELPILOT_CVAT_WEBHOOK_SECRET",
+                               help="webhook secret (the server checks X-Signature-256)"),
+) -> None:
+    """Print CVAT's settings for labelpilot; register the training webhook when possible."""
+    from adapters.cvat.commands import connect_cvat_command
+
+    typer.echo(connect_cvat_command(backend_url, cvat_url or None, project, organization or None,
+                                    secret or None))
+
+
 @app.command()
 def train(
-    ls_project: int = typer.Option(..., "--ls-project", help="Label Studio project id"),
+    ls_project: int = typer.Option(None, "--ls-project", help="Label Studio project id"),
+    cvat_task: int = typer.Option(None, "--cvat-task", help="CVAT task id (CVAT_URL + creds)"),
+    cvat_project: int = typer.Option(None, "--cvat-project", help="CVAT project id"),
+    task_type: str = typer.Option("", help="CVAT: detect|segment|obb|pose|classify (default: "
+                                  "what the labels mostly are)"),
     wait: bool = typer.Option(False, help="run here and wait instead of queueing for a worker"),
 ) -> None:
-    """Train a project's model now (pulls its current annotations from Label Studio)."""
+    """Train a model now from the current labels of a Label Studio project or a CVAT task."""
     from adapters.label_studio.training import JOB_FUNC, train_project
     from labelpilot.redis_conn import get_redis
     from trainers.queue import request_training
 
     trigger = {"event": "CLI", "user": os.environ.get("USER", "")}
+    if cvat_task is not None or cvat_project is not None:
+        from adapters.cvat.commands import train_cvat_command
+
+        typer.echo(train_cvat_command(cvat_task, cvat_project, task_type or None, wait, trigger))
+        return
+    if ls_project is None:
+        raise typer.BadParameter("give --ls-project, --cvat-task or --cvat-project")
     if wait:
         result = train_project(ls_project, trigger)
         typer.echo(f"{result['model_version']}: {result['decision']['reason']}")
@@ -121,6 +157,8 @@ def settings(
     promotion: str = typer.Option(None, help="auto | manual"),
     margin: float = typer.Option(None, help="auto: promote if mAP50-95 is better by this"),
     train_every: int = typer.Option(None, help="train after N annotation changes (0: off)"),
+    pretrained: str = typer.Option(None, help="weights to transfer into a first version "
+                                   "trained from YAML (e.g. a detect model for a pose one)"),
 ) -> None:
     """Show or change a project's training settings."""
     from labelpilot.redis_conn import get_redis
@@ -128,13 +166,17 @@ def settings(
 
     params = save_params(get_redis(), project, epochs=epochs, imgsz=imgsz, batch=batch,
                          patience=patience, promotion=promotion, margin=margin,
-                         train_every=train_every)
+                         train_every=train_every, pretrained=pretrained)
     typer.echo(" ".join(f"{k}={v}" for k, v in vars(params).items()))
 
 
 def _num(metrics: dict[str, float]) -> str:
-    value = metrics.get("map50_95")
+    value = metrics.get("map50_95", metrics.get("accuracy_top1"))
     return "-" if value is None else f"{value:.3f}"
+
+
+def _metric_name(metrics: dict[str, float]) -> str:
+    return "top-1 accuracy" if "accuracy_top1" in metrics else "mAP50-95"
 
 
 @models_app.command("list")
@@ -149,7 +191,8 @@ def models_list() -> None:
             cand = (v["metrics"] or {}).get("candidate") or {}
             cur = (v["metrics"] or {}).get("current") or {}
             mark = "*" if v["current"] else " "
-            typer.echo(f"{mark} {v['model_version']:<28} holdout mAP50-95 {_num(cand):<6} "
+            typer.echo(f"{mark} {v['model_version']:<28} holdout {_metric_name(cand)} "
+                       f"{_num(cand):<6} "
                        f"(served then: {_num(cur):<6}) {v['decision']['reason']}")
 
 

@@ -26,6 +26,7 @@ from labelpilot.serving import backend_processes, data_dir, ensure_redis, wait_h
 
 log = logging.getLogger(__name__)
 PROJECT_TITLE = "labelpilot demo"
+SAM_PROJECT_TITLE = "labelpilot demo: SAM clicks"
 SHAPE_TASKS = 24
 # Offline demo training: small enough to finish in about a minute on a laptop CPU.
 OFFLINE_TRAINING = {"epochs": 40, "imgsz": 160, "batch": 8}
@@ -86,11 +87,39 @@ def choose_model(requested: str | None) -> DemoModel:
                      "half-trained YOLO11n for generated shapes (offline fallback)")
 
 
-def _find_project(admin: LabelStudioAdmin) -> int | None:
+def _find_project(admin: LabelStudioAdmin, title: str = PROJECT_TITLE) -> int | None:
     for project in admin.client.projects.list():
-        if project.title == PROJECT_TITLE:
+        if project.title == title:
             return int(project.id)  # type: ignore[arg-type]
     return None
+
+
+def choose_sam_model() -> tuple[str, str]:
+    """(ref, description): LABELPILOT_SAM_MODEL, a SAM checkpoint in MODEL_DIR, else random
+    MobileSAM weights, said loudly (no SAM weights can be downloaded here)."""
+    from backends.model_ref import model_dir
+
+    ref = os.environ.get("LABELPILOT_SAM_MODEL", "").strip()
+    if ref:
+        return ref, ref
+    for name in ("mobile_sam.pt", "sam_vit_b_01ec64.pth", "sam_b.pt"):
+        if (model_dir() / name).is_file():
+            return str(model_dir() / name), name
+    log.warning("No SAM checkpoint (LABELPILOT_SAM_MODEL unset, no mobile_sam.pt or "
+                "sam_vit_b_01ec64.pth in MODEL_DIR=%s): the SAM demo project uses RANDOM "
+                "MobileSAM weights, so clicks return meaningless masks.", model_dir())
+    return "random:mobile_sam", "MobileSAM with RANDOM weights (no checkpoint found)"
+
+
+def _sam_project(admin: LabelStudioAdmin, backend_url: str, root: Path) -> int:
+    """A project with the interactive SAM config; batch predictions prewarm its embeddings."""
+    project = _find_project(admin, SAM_PROJECT_TITLE)
+    if project is None:
+        project = admin.create_project(SAM_PROJECT_TITLE, load("sam_brush"))
+        admin.upload_images(project, sample_images(root / "samples", False))
+        admin.connect_backend(project, backend_url, interactive=True)
+    admin.retrieve_predictions(project)
+    return project
 
 
 def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None = None,
@@ -98,6 +127,7 @@ def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None =
     root = data_dir() / "demo"
     os.environ.setdefault("MODEL_DIR", str(root / "models"))  # the demo's own model store
     chosen = choose_model(model)
+    sam_ref, sam_description = choose_sam_model()
     with ExitStack() as stack:
         ensure_redis(stack)
         ls = LabelStudioServer(data_dir=root, port=ls_port, template=REPO / ".cache" /
@@ -108,7 +138,7 @@ def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None =
         server = stack.enter_context(backend_processes(
             "127.0.0.1", backend_port, workers=1, threads=4, extra_env={
                 "LABELPILOT_MODEL_DETECT": chosen.weights, "LABEL_STUDIO_URL": ls.url,
-                "LABEL_STUDIO_API_KEY": ls.token}))
+                "LABEL_STUDIO_API_KEY": ls.token, "LABELPILOT_SAM_MODEL": sam_ref}))
         wait_healthy(backend_url, server)
         admin = LabelStudioAdmin(ls.url, ls.token)
         project = _find_project(admin)
@@ -123,18 +153,24 @@ def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None =
 
                 save_params(get_redis(), f"ls-{project}", **OFFLINE_TRAINING)
         admin.retrieve_predictions(project)
+        sam_project = _sam_project(admin, backend_url, root)
         tasks = admin.tasks(project)
         predictions = admin.predictions(project)
         regions = sum(len(p["result"]) for p in predictions)
         summary: dict[str, object] = {
             "label_studio": ls.url, "project": project, "tasks": len(tasks),
-            "predictions": len(predictions), "regions": regions, "model": chosen.description}
+            "predictions": len(predictions), "regions": regions, "model": chosen.description,
+            "sam_project": sam_project, "sam_model": sam_description}
         print(f"""
   Label Studio   {ls.url}/projects/{project}/data
   login          {ls.username} / {ls.password}
   labelpilot     {backend_url}  (/health, /metrics)
   model          {chosen.description}
   tasks          {len(tasks)}, with pre-annotations: {len(predictions)} ({regions} regions)
+
+  SAM clicks     {ls.url}/projects/{sam_project}/data  ({sam_description})
+                 open a task, switch on Auto-Annotation, pick the smart keypoint tool and a
+                 label, click an object: the mask comes back as a suggestion
 
   Open a task to see the boxes; sort by "Prediction score" to see the least certain first.
   Label some tasks, then Settings > Model > Start training; follow it with

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -41,10 +41,13 @@ def ensure_redis(stack: ExitStack) -> str:
     return url
 
 
-def gunicorn_command(host: str, port: int, workers: int) -> list[str]:
+def gunicorn_command(host: str, port: int, workers: int,
+                     extra_ports: Sequence[int] = ()) -> list[str]:
+    """`extra_ports`: the same app on more ports (CVAT's facade port, direct-mode ports)."""
     conf = Path(__file__).with_name("gunicorn_conf.py")
+    binds = [arg for p in (port, *extra_ports) for arg in ("-b", f"{host}:{p}")]
     return [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(workers),
-            "-b", f"{host}:{port}", "adapters.label_studio.wsgi:app"]
+            *binds, "adapters.label_studio.wsgi:app"]
 
 
 def _serving_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
@@ -59,8 +62,8 @@ def _serving_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
 
 @contextmanager
 def backend_processes(host: str, port: int, *, workers: int = 2, threads: int = 4,
-                      with_worker: bool = True, extra_env: dict[str, str] | None = None
-                      ) -> Iterator[subprocess.Popen[bytes]]:
+                      with_worker: bool = True, extra_env: dict[str, str] | None = None,
+                      extra_ports: Sequence[int] = ()) -> Iterator[subprocess.Popen[bytes]]:
     """gunicorn (and an RQ worker) running until the block ends; yields the gunicorn process."""
     env = _serving_env(threads, extra_env or {})
     children: list[subprocess.Popen[bytes]] = []
@@ -68,7 +71,7 @@ def backend_processes(host: str, port: int, *, workers: int = 2, threads: int = 
         if with_worker:
             children.append(subprocess.Popen([sys.executable, "-m", "labelpilot", "worker"],
                                              env=env))
-        server = subprocess.Popen(gunicorn_command(host, port, workers), env=env)
+        server = subprocess.Popen(gunicorn_command(host, port, workers, extra_ports), env=env)
         children.append(server)
         yield server
     finally:
@@ -89,12 +92,14 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60
     raise RuntimeError(f"the backend at {url} did not become healthy in {timeout} s")
 
 
-def run_serve(host: str, port: int, workers: int, threads: int, with_worker: bool) -> int:
+def run_serve(host: str, port: int, workers: int, threads: int, with_worker: bool,
+              extra_ports: Sequence[int] = ()) -> int:
     """Run until interrupted (Ctrl+C or SIGTERM); returns gunicorn's exit code."""
     with ExitStack() as stack:
         ensure_redis(stack)
         server = stack.enter_context(backend_processes(
-            host, port, workers=workers, threads=threads, with_worker=with_worker))
+            host, port, workers=workers, threads=threads, with_worker=with_worker,
+            extra_ports=extra_ports))
         log.info("labelpilot serving on http://%s:%d (%d workers x %d threads)", host, port,
                  workers, threads)
         signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))

@@ -13,9 +13,18 @@ from flask import Flask, Response, g, jsonify, request
 from redis.exceptions import LockError
 
 from adapters.admin import admin_blueprint
+from adapters.cvat.facade import cvat_blueprint, is_cvat_request
 from adapters.http_errors import ApiError, install_error_handlers, json_body
 from adapters.label_studio.config import ConfigError, ServingPlan, parse_label_config
 from adapters.label_studio.connections import Connections, ProjectConnection
+from adapters.label_studio.interactive import (
+    ClickAnswer,
+    answer_click,
+    preload_sam,
+    prewarm_tasks,
+    sam_health,
+    sam_version,
+)
 from adapters.label_studio.payloads import (
     TRAINING_ACTIONS,
     PredictRequest,
@@ -24,6 +33,7 @@ from adapters.label_studio.payloads import (
     project_id,
 )
 from adapters.label_studio.predictor import Predictor
+from adapters.label_studio.sam_config import SamSetup, batch_plan, sam_setups
 from adapters.label_studio.training import on_training_event
 from adapters.label_studio.webhook import record_training_event
 from adapters.metrics import LATENCY, REQUESTS, WEBHOOK_EVENTS, exposition
@@ -53,6 +63,13 @@ def models_to_preload() -> list[str]:
             if name.startswith("LABELPILOT_MODEL_") and value]
 
 
+def _click_response(answer: ClickAnswer) -> Response:
+    response = jsonify(answer.body)
+    response.headers["X-Labelpilot-Sam-Embedding"] = answer.embedding_source
+    response.headers["X-Labelpilot-Sam-Seconds"] = f"{answer.seconds_segment:.4f}"
+    return response
+
+
 def create_app(predictor: Predictor | None = None) -> Flask:
     app = Flask("labelpilot")
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -60,13 +77,14 @@ def create_app(predictor: Predictor | None = None) -> Flask:
     predictor = predictor or Predictor()
     predictor.current.start()
     predictor.preload(models_to_preload(), first=warm_config_parser)
+    preload_sam()
     connections = Connections()
     auth_user, auth_pass = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
 
     @app.before_request
     def _start() -> Response | None:
         g.started = time.perf_counter()
-        if auth_user and auth_pass:
+        if auth_user and auth_pass and not is_cvat_request(request):  # CVAT: no basic auth
             given = request.authorization
             ok = given is not None and hmac.compare_digest(given.username or "", auth_user) \
                 and hmac.compare_digest(given.password or "", auth_pass)
@@ -90,27 +108,57 @@ def create_app(predictor: Predictor | None = None) -> Flask:
     @app.get("/health")
     def health() -> Any:
         return {"status": "UP", "model_class": "labelpilot", "v2": True,
-                "models_loaded": predictor.models.loaded()}
+                "models_loaded": predictor.models.loaded(), "sam": sam_health()}
+
+    def _serving(config: str | None, pid: int | None
+                 ) -> tuple[ServingPlan, dict[str, SamSetup], str]:
+        """What batch /predict serves, the SAM setups, and the project's model_version."""
+        setups = sam_setups(config or "")
+        plan = _plan(config)
+        if not setups:
+            return plan, setups, predictor.version(plan, pid)
+        plan = batch_plan(plan, setups)
+        parts = {sam_version(s) for s in setups.values()}
+        if plan.controls:
+            parts |= set(predictor.version(plan, pid).split("+"))
+        return plan, setups, "+".join(sorted(parts))
 
     @app.post("/setup")
     def setup() -> Any:
         req = SetupRequest.model_validate(json_body())
-        plan = _plan(req.schema_)
+        _, _, version = _serving(req.schema_, req.project_id)
         connections.remember(req.project_id, ProjectConnection(req.hostname, req.access_token,
                                                                req.schema_))
-        return {"model_version": predictor.version(plan, req.project_id)}
+        return {"model_version": version}
 
     @app.post("/predict")
     def predict() -> Any:
         req = PredictRequest.model_validate(json_body())
         pid = req.project_id
         config = req.label_config or connections.get(pid).label_config
-        plan = _plan(config)
-        if req.params and req.params.context and req.params.context.result:
-            raise ApiError(422, "this project's label config has no interactive (SAM) model; "
-                           "turn Auto-Annotation off or add a SAM control (label_config/sam_*.xml)")
+        plan, setups, version = _serving(config, pid)
+        context = req.params.context.result if req.params and req.params.context else []
+        if context:
+            if not setups:
+                raise ApiError(422, "this project's label config has no interactive (SAM) "
+                               "setup; turn Auto-Annotation off or add a SAM control "
+                               "(label_config/sam_*.xml)")
+            try:
+                answer = answer_click(req.tasks[0], context, setups,
+                                      connections.image_source(pid), version)
+            except ApiError as exc:  # LS shows the annotator only the status: log the why
+                log.warning("interactive click on task %s refused (%d): %s", req.tasks[0].id,
+                            exc.status, exc.message)
+                raise
+            return _click_response(answer)
+        if setups:
+            prewarm_tasks(req.tasks, setups, connections.image_source(pid))
+            if not plan.controls:  # entries without "result" store nothing in LS
+                return {"results": [{"model_version": version} for _ in req.tasks]}
         try:
             results = predictor.predict(req.tasks, plan, connections.image_source(pid), pid)
+            for result in results:
+                result["model_version"] = version
         except ModelLoadError as exc:
             raise ApiError(503, str(exc)) from exc
         except BackendError as exc:
@@ -157,9 +205,10 @@ def create_app(predictor: Predictor | None = None) -> Flask:
         config = connections.get(pid).label_config
         if not config:
             return {"versions": []}
-        return {"versions": [predictor.version(_plan(config), pid)]}
+        return {"versions": [_serving(config, pid)[2]]}
 
     app.register_blueprint(admin_blueprint(predictor.current.store))
+    app.register_blueprint(cvat_blueprint(predictor.models, predictor.current))
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -8,17 +8,12 @@ loses nothing and deleted annotations are respected; then hands our own `Sample`
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import cv2
-import redis
-import requests
 
 from adapters.label_studio.annotations import POSE_CLASS, task_choices, task_instances, task_poses
 from adapters.label_studio.config import (
@@ -37,6 +32,7 @@ from backends.model_store import ModelStore
 from backends.shapes import Instance
 from labelpilot.redis_conn import get_redis
 from trainers import queue
+from trainers.job import running_job
 from trainers.pipeline import TrainRequest, run_training, scratch_model
 from trainers.samples import Sample
 from trainers.settings import load_params
@@ -160,32 +156,7 @@ def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dic
     job = get_current_job()
     connection = get_redis()
     queue_key = f"ls-{project_id}"
-
-    def progress(update: dict[str, Any]) -> None:
-        if job is not None:
-            job.meta.update(update)
-            job.save_meta()
-        if update.get("phase") == "training" and update.get("epoch"):
-            log.info("%s: epoch %s/%s %s", queue_key, update["epoch"], update["epochs"],
-                     {k: v for k, v in (update.get("metrics") or {}).items() if "mAP" in k})
-        else:
-            log.info("%s: %s", queue_key, update)
-
-    stop_beating = threading.Event()
-    if job is not None:
-        queue.mark_started(connection, queue_key, job.id)
-        job_id = job.id
-
-        def beat() -> None:
-            while not stop_beating.wait(queue.ALIVE_TTL_S / 4):
-                try:
-                    queue.heartbeat(connection, queue_key, job_id)
-                except redis.RedisError as exc:
-                    log.warning("heartbeat failed: %s", exc)
-
-        threading.Thread(target=beat, name="train-heartbeat", daemon=True).start()
-    try:
-        progress({"phase": "exporting", "pid": os.getpid(), "host": socket.gethostname()})
+    with running_job(connection, queue_key) as progress:
         source = Connections().image_source(project_id)
         project = _ls_get(source, f"/api/projects/{project_id}")
         plan = parse_label_config(project["label_config"])
@@ -210,13 +181,6 @@ def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dic
                 params=params, trigger={**(trigger or {}), "annotated_tasks": len(samples),
                                         "job": job.id if job else None})
             return run_training(request, store, progress)
-    except (redis.RedisError, requests.RequestException) as exc:
-        progress({"phase": "failed", "error": str(exc)})
-        raise
-    finally:
-        stop_beating.set()
-        if job is not None:
-            queue.mark_finished(connection, queue_key, job.id)
 
 
 def _base_model(control: ControlSpec, task: str) -> str:

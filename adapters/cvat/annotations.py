@@ -1,0 +1,206 @@
+"""CVAT annotations → our `Instance`s and `Sample` labels.
+
+Accepts cvat-sdk models (``LabeledShape``, ``LabeledImage``, ``LabeledTrack``, ``Label``) or
+the same objects as plain dicts (``model.to_dict()``, a task's annotations JSON).
+
+- rectangle → box; with ``rotation`` (degrees, clockwise) → rotated box (+ its bounding box)
+- polygon → polygon (+ box); mask (shape RLE) → mask + its largest contour as polygon (+ box)
+- skeleton → keypoints, ``Keypoint.index`` = the sublabel's position in the label's
+  sublabels, score 0 for outside/missing points; box = visible points' extent, padded 5 %
+- tag → image-level class; track keyframes (not outside) count as shapes on their frames
+  (skeleton tracks are skipped); points, polylines, ellipses and cuboids are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.cvat.rle import decode_shape_rle, mask_box
+from backends.geometry import mask_to_polygon, rotated_corners
+from backends.shapes import BBox, Instance, Keypoint, RotatedBox
+
+# what each model task learns from, and which CVAT label types can feed it
+TASK_LABEL_TYPES = {"detect": {"any", "rectangle", "polygon", "mask"},
+                    "obb": {"any", "rectangle"}, "segment": {"any", "polygon", "mask"},
+                    "pose": {"skeleton"}, "classify": {"any", "tag"}}
+SKELETON_PAD = 0.05
+
+
+def get(obj: Any, name: str, default: Any = None) -> Any:
+    """A field of a cvat-sdk model or of its dict form."""
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    try:
+        return getattr(obj, name)
+    except AttributeError:  # cvat-sdk raises an AttributeError subclass for unset fields
+        return default
+
+
+def text_value(value: Any) -> str:
+    """An enum-like cvat-sdk value (ShapeType, LabelType, job state) as its string."""
+    return str(getattr(value, "value", value) or "")
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    id: int
+    name: str
+    type: str
+    sublabel_ids: tuple[int, ...] = ()  # keypoint index = position here
+    sublabel_names: tuple[str, ...] = ()
+
+
+def label_infos(labels: Iterable[Any]) -> dict[int, LabelInfo]:
+    out = {}
+    for label in labels:
+        if get(label, "parent_id") or get(label, "has_parent"):
+            continue  # a skeleton's sublabel listed on its own
+        subs = list(get(label, "sublabels", None) or [])
+        out[int(get(label, "id"))] = LabelInfo(
+            int(get(label, "id")), str(get(label, "name")), text_value(get(label, "type")) or "any",
+            tuple(int(get(s, "id")) for s in subs), tuple(str(get(s, "name")) for s in subs))
+    return out
+
+
+@dataclass
+class FrameLabels:
+    shapes: list[Any] = field(default_factory=list)
+    tags: list[Any] = field(default_factory=list)
+
+
+def by_frame(annotations: Any) -> dict[int, FrameLabels]:
+    """A task's ``LabeledData`` (shapes, tags, tracks) grouped by frame index."""
+    frames: dict[int, FrameLabels] = {}
+    for tag in get(annotations, "tags", None) or []:
+        frames.setdefault(int(get(tag, "frame")), FrameLabels()).tags.append(tag)
+    for shape in get(annotations, "shapes", None) or []:
+        frames.setdefault(int(get(shape, "frame")), FrameLabels()).shapes.append(shape)
+    for track in get(annotations, "tracks", None) or []:
+        if get(track, "elements", None):
+            continue  # skeleton tracks: elements carry their own keyframes
+        for tracked in get(track, "shapes", None) or []:
+            if get(tracked, "outside", False):
+                continue
+            shape = {"type": text_value(get(tracked, "type")), "points": get(tracked, "points"),
+                     "rotation": get(tracked, "rotation", 0.0),
+                     "label_id": get(track, "label_id"), "frame": get(tracked, "frame")}
+            frames.setdefault(int(shape["frame"]), FrameLabels()).shapes.append(shape)
+    return frames
+
+
+def _box_of(points: Sequence[tuple[float, float]]) -> BBox:
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return BBox(min(xs), min(ys), max(xs), max(ys))
+
+
+def _pairs(points: Sequence[float]) -> list[tuple[float, float]]:
+    return [(float(points[i]), float(points[i + 1])) for i in range(0, len(points) - 1, 2)]
+
+
+def shape_instance(shape: Any, label: LabelInfo, width: int, height: int) -> Instance | None:
+    """One CVAT shape as an `Instance`; None for shape types we do not train on."""
+    kind = text_value(get(shape, "type"))
+    points = [float(v) for v in (get(shape, "points", None) or [])]
+    if kind == "rectangle" and len(points) == 4:
+        x1, y1, x2, y2 = min(points[0], points[2]), min(points[1], points[3]), \
+            max(points[0], points[2]), max(points[1], points[3])
+        rotation = float(get(shape, "rotation", 0.0) or 0.0) % 360
+        if min(rotation, 360 - rotation) < 1e-3:
+            return Instance(label.name, 1.0, box=BBox(x1, y1, x2, y2))
+        rotated = RotatedBox((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1,
+                             math.radians(rotation))
+        return Instance(label.name, 1.0, box=_box_of(rotated_corners(rotated)), rotated=rotated)
+    if kind == "polygon" and len(points) >= 6:
+        polygon = tuple(_pairs(points))
+        return Instance(label.name, 1.0, box=_box_of(polygon), polygon=polygon)
+    if kind == "mask":
+        mask = decode_shape_rle(points, width, height)
+        box = mask_box(mask)
+        if box is None:
+            return None
+        polygon = tuple(mask_to_polygon(mask))
+        return Instance(label.name, 1.0, box=BBox(box[0], box[1], box[2] + 1, box[3] + 1),
+                        polygon=polygon if len(polygon) >= 3 else None, mask=mask)
+    if kind == "skeleton":
+        return _skeleton(shape, label, width, height)
+    return None
+
+
+def _skeleton(shape: Any, label: LabelInfo, width: int, height: int) -> Instance | None:
+    index = {sub_id: i for i, sub_id in enumerate(label.sublabel_ids)}
+    found: dict[int, Keypoint] = {}
+    for element in get(shape, "elements", None) or []:
+        i = index.get(int(get(element, "label_id")))
+        pts = get(element, "points", None) or []
+        if i is None or len(pts) < 2:
+            continue
+        visible = not get(element, "outside", False)
+        found[i] = Keypoint(i, float(pts[0]), float(pts[1]), 1.0 if visible else 0.0)
+    keypoints = tuple(found.get(i, Keypoint(i, 0.0, 0.0, 0.0))
+                      for i in range(len(label.sublabel_ids)))
+    visible_points = [(k.x, k.y) for k in keypoints if k.score > 0]
+    if not visible_points:
+        return None
+    b = _box_of(visible_points)
+    pad_x = max(2.0, (b.x2 - b.x1) * SKELETON_PAD)
+    pad_y = max(2.0, (b.y2 - b.y1) * SKELETON_PAD)
+    box = BBox(max(0.0, b.x1 - pad_x), max(0.0, b.y1 - pad_y), min(float(width), b.x2 + pad_x),
+               min(float(height), b.y2 + pad_y))
+    return Instance(label.name, 1.0, box=box, keypoints=keypoints)
+
+
+def frame_labels(frame: FrameLabels, labels: Mapping[int, LabelInfo], width: int,
+                 height: int) -> tuple[tuple[Instance, ...], tuple[str, ...]]:
+    """A frame's instances and tag names."""
+    instances = []
+    for shape in frame.shapes:
+        label = labels.get(int(get(shape, "label_id")))
+        if label is None:
+            continue
+        instance = shape_instance(shape, label, width, height)
+        if instance is not None:
+            instances.append(instance)
+    tags = tuple(dict.fromkeys(labels[int(get(t, "label_id"))].name for t in frame.tags
+                               if int(get(t, "label_id")) in labels))
+    return tuple(instances), tags
+
+
+def instance_task(instance: Instance) -> str:
+    if instance.keypoints:
+        return "pose"
+    if instance.rotated is not None:
+        return "obb"
+    if instance.polygon or instance.mask is not None:
+        return "segment"
+    return "detect"
+
+
+def choose_task(instances: Iterable[Instance], tag_count: int) -> str:
+    """The model task that the labels mostly are (ties: pose > segment > obb > detect)."""
+    counts = Counter(instance_task(i) for i in instances)
+    counts["classify"] = tag_count
+    order = ("pose", "segment", "obb", "detect", "classify")
+    best = max(order, key=lambda t: (counts[t], -order.index(t)))
+    if counts[best] == 0:
+        raise ValueError("no rectangles, polygons, masks, skeletons or tags to train on")
+    return best
+
+
+def class_names_for(task: str, labels: Mapping[int, LabelInfo]) -> tuple[str, ...]:
+    """Label names a `task` model predicts, in CVAT's label id order (stable across runs)."""
+    wanted = TASK_LABEL_TYPES[task]
+    return tuple(label.name for _, label in sorted(labels.items()) if label.type in wanted)
+
+
+def keypoint_layout(labels: Mapping[int, LabelInfo]) -> tuple[str, ...]:
+    """The keypoint names of the skeleton labels (all must have the same number)."""
+    skeletons = [label for label in labels.values() if label.type == "skeleton"]
+    counts = {len(s.sublabel_ids) for s in skeletons}
+    if len(counts) > 1:
+        raise ValueError("skeleton labels with different numbers of points cannot share one "
+                         f"pose model ({sorted(counts)})")
+    return skeletons[0].sublabel_names if skeletons else ()

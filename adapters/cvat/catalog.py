@@ -1,0 +1,162 @@
+"""The functions the CVAT facade serves right now: built afresh on every call.
+
+Detectors come from configured model files and from every promoted model-store version (so a
+newly trained version shows up in CVAT without a restart); the interactor (SAM) and the
+tracker are added when enabled. Each function renders itself as a nuclio function config.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.cvat import config
+from adapters.cvat.spec import LabelSpec, model_labels, nuclio_spec
+from adapters.cvat.tracker import SUPPORTED_SHAPE_TYPES
+from backends.errors import BackendError
+from backends.model_cache import ModelCache
+from backends.model_ref import model_version, resolve_model
+from backends.model_store import ModelStore
+from backends.yolo import YoloModel
+
+log = logging.getLogger(__name__)
+TRACKER_NAME = config.PREFIX + "tracker"
+INTERACTOR_NAME = config.PREFIX + "sam"
+
+
+@dataclass(frozen=True)
+class DetectorFunction:
+    name: str
+    title: str
+    weights: str  # what to load
+    task: str
+    labels: tuple[LabelSpec, ...]
+    version: str
+    store_key: str | None = None  # set for trained versions (served through hot-swap)
+
+    kind = "detector"
+
+    def annotations(self) -> dict[str, str]:
+        return {"name": self.title, "type": "detector", "framework": "labelpilot",
+                "spec": nuclio_spec(self.labels), "model_version": self.version}
+
+    def description(self) -> str:
+        return (f"labelpilot {self.task} model {self.version}: "
+                + ", ".join(label.name for label in self.labels[:20]))
+
+
+@dataclass(frozen=True)
+class InteractorFunction:
+    name: str
+    ref: str
+
+    kind = "interactor"
+
+    def annotations(self) -> dict[str, str]:
+        # Booleans are parsed with bool(str) by CVAT: "false" would be True, so only the
+        # keys that are true are present. The UI needs interactor version >= 2.
+        return {"name": "labelpilot SAM", "type": "interactor", "framework": "labelpilot",
+                "spec": "[]", "version": "2", "min_pos_points": "0", "min_neg_points": "0",
+                "startswith_box_optional": "true",
+                "help_message": "Click the object (Shift+click: exclude an area) or drag a "
+                                "box around it"}
+
+    def description(self) -> str:
+        return f"Segment Anything ({self.ref}) with a server-side embedding cache"
+
+
+@dataclass(frozen=True)
+class TrackerFunction:
+    name: str = TRACKER_NAME
+
+    kind = "tracker"
+
+    def annotations(self) -> dict[str, str]:
+        return {"name": "labelpilot template tracker", "type": "tracker",
+                "framework": "labelpilot", "spec": "[]",
+                "supported_shape_types": ",".join(SUPPORTED_SHAPE_TYPES)}
+
+    def description(self) -> str:
+        return ("CPU template tracker (normalised cross-correlation); all state travels in "
+                "CVAT's tracker states")
+
+
+CvatFunction = DetectorFunction | InteractorFunction | TrackerFunction
+
+
+def nuclio_config(function: CvatFunction, http_port: int | None = None) -> dict[str, Any]:
+    """One entry of the nuclio dashboard's ``GET /api/functions``."""
+    status: dict[str, Any] = {"state": "ready"}
+    if http_port is not None:
+        status["httpPort"] = http_port
+    return {"metadata": {"name": function.name, "namespace": "nuclio",
+                         "labels": {"nuclio.io/project-name": "cvat"},
+                         "annotations": function.annotations()},
+            "spec": {"description": function.description(), "runtime": "python:3.11",
+                     "handler": "labelpilot", "eventTimeout": "120s"},
+            "status": status}
+
+
+def _keypoint_count(model: YoloModel) -> int:
+    """Keypoints per object of a pose model (ultralytics keeps it on the torch module)."""
+    inner = getattr(getattr(model, "_model", None), "model", None)
+    shape = getattr(inner, "kpt_shape", None) or getattr(
+        getattr(inner, "yaml", None) or {}, "get", lambda *_: None)("kpt_shape")
+    return int(shape[0]) if shape else 0
+
+
+class Catalog:
+    """Lists the functions and loads their models (through the process-wide model cache)."""
+
+    def __init__(self, models: ModelCache[YoloModel], store: ModelStore):
+        self.models = models
+        self.store = store
+
+    def functions(self) -> list[CvatFunction]:
+        out: list[CvatFunction] = []
+        for configured in config.configured_models():
+            try:
+                out.append(self._configured(configured))
+            except (BackendError, ValueError) as exc:
+                log.warning("CVAT function '%s' (%s) is not served: %s", configured.name,
+                            configured.ref, exc)
+        for key in self.store.model_keys():
+            if not config.store_key_wanted(key):
+                continue
+            try:
+                current = self.store.current(key)
+                if current is None:
+                    continue
+                info = current.info()
+                task = str(info.get("task", "detect"))
+                source = info.get("trigger") or {}
+                count = int(info.get("keypoint_count") or 0)
+                if task == "pose" and not count:
+                    count = _keypoint_count(self.models.get(str(current.weights)))
+                labels = model_labels(task, info.get("class_names") or [], count,
+                                      info.get("keypoint_names") or source.get("keypoint_names"))
+            except (OSError, ValueError, KeyError, BackendError) as exc:
+                log.warning("model-store key '%s' is not served to CVAT: %s", key, exc)
+                continue
+            out.append(DetectorFunction(config.function_name(key), f"labelpilot {key}",
+                                        str(current.weights), task, labels,
+                                        current.model_version, store_key=key))
+        sam = config.sam_ref()
+        if sam:
+            out.append(InteractorFunction(INTERACTOR_NAME, sam))
+        if config.tracker_enabled():
+            out.append(TrackerFunction())
+        return out
+
+    def _configured(self, configured: config.ConfiguredModel) -> DetectorFunction:
+        weights = resolve_model(configured.ref)
+        model = self.models.get(weights)
+        labels = model_labels(model.task, model.class_names,
+                              _keypoint_count(model) if model.task == "pose" else 0)
+        return DetectorFunction(config.function_name(configured.name),
+                                f"labelpilot {configured.name}", weights, model.task, labels,
+                                model_version(configured.ref))
+
+    def get(self, name: str) -> CvatFunction | None:
+        return next((f for f in self.functions() if f.name == name), None)

@@ -1,0 +1,113 @@
+"""What the `labelpilot` CLI does for CVAT (kept here so labelpilot/cli.py stays thin)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+from typing import Any
+from urllib.parse import urlsplit
+
+from adapters.cvat import config
+
+WEBHOOK_EVENTS = ("update:job", "update:task")
+
+
+def serving_ports(cvat_port: int, direct_ports: str) -> list[int]:
+    """Extra ports gunicorn binds for CVAT; exports the direct range to the server's env."""
+    ports = [cvat_port] if cvat_port else []
+    if direct_ports:
+        os.environ["LABELPILOT_CVAT_DIRECT_PORTS"] = direct_ports
+        span = config.direct_ports()
+        assert span is not None
+        ports.extend(range(span[0], span[1] + 1))
+    return ports
+
+
+def train_cvat_command(task: int | None, project: int | None, task_type: str | None,
+                       wait: bool, trigger: dict[str, Any]) -> str:
+    from adapters.cvat.training import request_cvat_training, train_cvat
+
+    if (task is None) == (project is None):
+        raise ValueError("give exactly one of --cvat-task and --cvat-project")
+    kind, ident = ("task", task) if task is not None else ("project", project)
+    assert ident is not None
+    options = {"task_type": task_type} if task_type else {}
+    if wait:
+        from adapters.cvat.client import CvatConfigError
+
+        try:
+            result = train_cvat(kind, ident, trigger, **options)
+        except CvatConfigError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        return f"{result['model_version']}: {result['decision']['reason']}"
+    queued = request_cvat_training(kind, ident, trigger, **options)
+    return f"{queued.outcome}: job {queued.job_id} (see: labelpilot jobs --key cvat-{kind}-{ident})"
+
+
+def _webhook_body(target: str, project: int | None, secret: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"target_url": target, "description": "labelpilot: retrain",
+                            "type": "project" if project else "organization",
+                            "events": list(WEBHOOK_EVENTS), "content_type": "application/json",
+                            "secret": secret, "is_active": True, "enable_ssl": True}
+    if project:
+        body["project_id"] = project
+    return body
+
+
+def register_webhook(client: Any, body: dict[str, Any]) -> int:
+    """Create the webhook through CVAT's API; returns its id."""
+    from cvat_sdk import models
+
+    request = models.WebhookWriteRequest(**body)
+    created, _ = client.api_client.webhooks_api.create(webhook_write_request=request)
+    return int(created.id)
+
+
+def connect_cvat_command(backend_url: str, cvat_url: str | None, project: int | None,
+                         organization: str | None, secret: str | None) -> str:
+    parts = urlsplit(backend_url if "://" in backend_url else f"http://{backend_url}")
+    host, port = parts.hostname or "labelpilot", parts.port or (443 if parts.scheme == "https"
+                                                                 else 80)
+    env = {"CVAT_NUCLIO_SCHEME": parts.scheme or "http", "CVAT_NUCLIO_HOST": host,
+           "CVAT_NUCLIO_PORT": str(port), "CVAT_NUCLIO_INVOKE_METHOD": "dashboard",
+           "CVAT_NUCLIO_DEFAULT_TIMEOUT": "120"}
+    lines = ["# 1. CVAT's AI Tools: set on BOTH cvat_server and cvat_worker_annotation "
+             "(docker-compose.override.yml), then `docker compose up -d`:", "services:"]
+    for service in ("cvat_server", "cvat_worker_annotation"):
+        lines += [f"  {service}:", "    environment:"]
+        lines += [f"      {k}: '{v}'" for k, v in env.items()]
+    lines += ["# (CVAT containers must reach that host; on Docker Desktop/Linux with "
+              "host-gateway use host.docker.internal)", ""]
+    target = f"{backend_url.rstrip('/')}/cvat/webhook"
+    if not secret:
+        secret = secrets.token_hex(16)
+        lines.append(f"# 2. webhook secret (new): set LABELPILOT_CVAT_WEBHOOK_SECRET={secret} "
+                     "for labelpilot serve")
+    else:
+        lines.append("# 2. webhook secret: LABELPILOT_CVAT_WEBHOOK_SECRET (already set)")
+    if not project and not organization:
+        lines.append("# 3. training webhook: pass --project ID (or --organization SLUG) to "
+                     "get its registration")
+        return "\n".join(lines)
+    body = _webhook_body(target, project, secret)
+    have_creds = os.environ.get("CVAT_ACCESS_TOKEN") or (
+        os.environ.get("CVAT_USER") and os.environ.get("CVAT_PASSWORD"))
+    if cvat_url and have_creds:
+        from adapters.cvat.client import cvat_client
+
+        client = cvat_client(cvat_url)
+        if organization:
+            client.organization_slug = organization
+        webhook_id = register_webhook(client, body)
+        lines.append(f"# 3. registered CVAT webhook {webhook_id} -> {target} "
+                     f"({', '.join(WEBHOOK_EVENTS)})")
+        return "\n".join(lines)
+    org = f"?org={organization}" if organization and not project else ""
+    lines += ["# 3. register the training webhook (or rerun with CVAT_URL and CVAT_ACCESS_TOKEN "
+              "or CVAT_USER/CVAT_PASSWORD set):",
+              f"curl -X POST \"${{CVAT_URL:-{cvat_url or 'http://localhost:8080'}}}"
+              f"/api/webhooks{org}\" -H \"Authorization: Bearer $CVAT_ACCESS_TOKEN\" "
+              f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"]
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""The nuclio dashboard endpoints CVAT's lambda manager calls, as a Flask blueprint.
+
+- ``GET /api/functions``: ``{name: nuclio function config}``, rebuilt on every call;
+- ``GET /api/functions/<name>``: one config;
+- ``POST /api/function_invocations`` with header ``x-nuclio-function-name`` (CVAT's
+  ``CVAT_NUCLIO_INVOKE_METHOD=dashboard``);
+- ``POST /`` on a function's own port (``direct`` mode; see `adapters.cvat.ports`);
+- ``POST /cvat/webhook``: CVAT webhooks (see `adapters.cvat.webhook`).
+
+Nuclio's dashboard has no authentication and CVAT sends none, so these paths are exempt from
+the backend's basic auth: expose them only to CVAT's network (``labelpilot serve
+--cvat-port``); the webhook is authenticated by its HMAC signature instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Request, jsonify, request
+from pydantic import ValidationError
+
+from adapters.cvat import config, ports, tracker
+from adapters.cvat.catalog import (
+    Catalog,
+    CvatFunction,
+    DetectorFunction,
+    InteractorFunction,
+    nuclio_config,
+)
+from adapters.cvat.detector import Roi, detect, nuclio_shapes
+from adapters.cvat.interactor import load_interactor, mask_shape, prompt_from
+from adapters.cvat.payloads import DetectorRequest, InteractorRequest, PayloadError, TrackerRequest
+from adapters.cvat.webhook import handle_webhook
+from adapters.http_errors import ApiError, json_body, validation_message
+from backends.errors import BackendError, ModelLoadError, ModelNotFoundError
+from backends.hot_swap import CurrentModels
+from backends.model_cache import ModelCache
+from backends.sam import PromptError
+from backends.yolo import YoloModel
+from labelpilot.redis_conn import get_redis
+
+log = logging.getLogger(__name__)
+_OPEN_PREFIXES = ("/api/functions", "/api/function_invocations", "/cvat/webhook")
+
+
+def is_cvat_request(req: Request) -> bool:
+    """Calls from CVAT (nuclio protocol, webhooks), which cannot send basic auth."""
+    return req.path.startswith(_OPEN_PREFIXES) or (req.method == "POST" and req.path == "/")
+
+
+def _parse(model: type[Any], body: Any) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(400, validation_message(exc)) from exc
+
+
+def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blueprint:
+    bp = Blueprint("cvat", __name__)
+    catalog = Catalog(models, current.store)
+
+    def listing() -> list[CvatFunction]:
+        try:
+            return catalog.functions()
+        except config.ConfigError as exc:
+            raise ApiError(500, str(exc)) from exc
+
+    def port(name: str) -> int | None:
+        return ports.port_for(get_redis(), name) if config.direct_ports() else None
+
+    @bp.get("/api/functions")
+    def list_functions() -> Any:
+        return {f.name: nuclio_config(f, port(f.name)) for f in listing()}
+
+    @bp.get("/api/functions/<name>")
+    def get_function(name: str) -> Any:
+        function = next((f for f in listing() if f.name == name), None)
+        if function is None:
+            raise ApiError(404, f"no function '{name}' (GET /api/functions lists them)")
+        return nuclio_config(function, port(name))
+
+    @bp.post("/api/function_invocations")
+    def invoke_via_dashboard() -> Any:
+        name = request.headers.get("x-nuclio-function-name", "").strip()
+        if not name:
+            raise ApiError(400, "header x-nuclio-function-name is missing: it names the "
+                                "function to invoke")
+        return invoke(name)
+
+    @bp.post("/")
+    def invoke_directly() -> Any:
+        server_port = int(request.environ.get("SERVER_PORT") or 0)
+        name = ports.function_on_port(get_redis(), server_port) if config.direct_ports() \
+            else None
+        if name is None:
+            raise ApiError(404, f"port {server_port} belongs to no CVAT function: use POST "
+                                "/api/function_invocations with x-nuclio-function-name, or "
+                                "the httpPort that GET /api/functions gives")
+        return invoke(name)
+
+    def invoke(name: str) -> Any:
+        function = next((f for f in listing() if f.name == name), None)
+        if function is None:
+            raise ApiError(404, f"no function '{name}' (GET /api/functions lists them)")
+        body = json_body()
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        try:
+            if isinstance(function, DetectorFunction):
+                return jsonify(run_detector(function, _parse(DetectorRequest, body)))
+            if isinstance(function, InteractorFunction):
+                return run_interactor(function, _parse(InteractorRequest, body))
+            return run_tracker(_parse(TrackerRequest, body))
+        except (PayloadError, tracker.TrackingError, PromptError) as exc:
+            raise ApiError(400, str(exc)) from exc
+        except (ModelLoadError, ModelNotFoundError) as exc:
+            raise ApiError(503, str(exc)) from exc
+        except BackendError as exc:
+            raise ApiError(422, str(exc)) from exc
+
+    def run_detector(function: DetectorFunction, req: DetectorRequest) -> list[dict[str, Any]]:
+        image = req.decoded_image()
+        weights = function.weights
+        if function.store_key:  # the version this process serves (swapped in the background)
+            served = current.get(function.store_key)
+            weights = str(served.weights) if served else weights
+        roi = None
+        if req.roi is not None:
+            try:
+                roi = Roi.clipped(req.roi, image.shape[1], image.shape[0])
+            except ValueError as exc:
+                raise PayloadError(str(exc)) from exc
+        return nuclio_shapes(detect(models.get(weights), image, req.threshold, roi),
+                             function.labels)
+
+    def run_interactor(function: InteractorFunction, req: InteractorRequest) -> dict[str, Any]:
+        try:
+            prompt = prompt_from(req.pos_points, req.neg_points, req.obj_bbox)
+        except ValueError as exc:
+            raise PayloadError(str(exc)) from exc
+        image = req.decoded_image()
+        result = load_interactor(function.ref).segment(image, prompt)
+        shape = mask_shape(result)
+        return {"shapes": [shape] if shape else []}
+
+    def run_tracker(req: TrackerRequest) -> dict[str, Any]:
+        pairs = req.pairs()
+        image = req.decoded_image()
+        shapes: list[dict[str, Any] | None] = []
+        states: list[dict[str, Any]] = []
+        for shape_in, state in pairs:
+            shape = tracker.TrackedShape(shape_in.type, list(shape_in.points)) \
+                if shape_in else None
+            if state is None:  # start: this image shows the shape where CVAT put it
+                assert shape is not None
+                states.append(tracker.init_state(image, shape))
+                shapes.append({"type": shape.type, "points": shape.points})
+                continue
+            found, new_state = tracker.track(image, state, shape)
+            states.append(new_state)
+            shapes.append({"type": found.type, "points": found.points} if found else None)
+        return {"shapes": shapes, "states": states}
+
+    bp.add_url_rule("/cvat/webhook", "webhook", handle_webhook, methods=["POST"])
+    return bp

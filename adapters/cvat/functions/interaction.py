@@ -1,0 +1,67 @@
+"""Segment Anything as a cvat-sdk interaction function (for CVAT agents).
+
+    cvat-cli --server-host URL --auth USER function create-native "labelpilot SAM" \\
+        --function-module adapters.cvat.functions.interaction -p model=str:vit_b:/models/sam.pth
+    cvat-cli --server-host URL --auth USER function run-agent FUNCTION_ID \\
+        --function-module adapters.cvat.functions.interaction -p model=str:vit_b:/models/sam.pth
+
+``model`` is a SAM reference as `backends.sam` reads it (default LABELPILOT_SAM_MODEL).
+`preprocess_image` starts the image embedding (SAM's encoder) so that it is cached by the
+time the prompts arrive; `detect` is decoder-only on a cache hit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cvat_sdk.auto_annotation as cvataa
+import numpy as np
+import PIL.Image
+from cvat_sdk import models
+
+from adapters.cvat.functions import pil_to_bgr
+from adapters.cvat.interactor import load_interactor, mask_shape, prompt_from
+from backends.interactive import Interactor
+
+# clicks, negative clicks and a box are all optional (at least a click or a box is needed)
+SPEC = cvataa.InteractionFunctionSpec(min_pos_points=0, min_neg_points=0, min_bounding_boxes=0)
+
+
+@dataclass(frozen=True)
+class SamInteractionFunction:
+    """cvat-sdk's InteractionFunction protocol over a labelpilot `Interactor`."""
+
+    interactor: Interactor
+    spec: cvataa.InteractionFunctionSpec = SPEC
+
+    def preprocess_image(self, context: cvataa.InteractionFunctionContext,
+                         image: PIL.Image.Image) -> np.ndarray:
+        bgr = pil_to_bgr(image)
+        prewarm = getattr(self.interactor, "prewarm", None)
+        if prewarm is not None:
+            prewarm(bgr)
+        return bgr
+
+    def detect(self, context: cvataa.InteractionFunctionContext, pp_image: np.ndarray,
+               prompts: cvataa.InteractionPrompts) -> list[cvataa.InteractionResultShape]:
+        prompt = prompt_from(prompts.pos_points, prompts.neg_points, prompts.bounding_box)
+        shape = mask_shape(self.interactor.segment(pp_image, prompt))
+        if shape is None:
+            return []
+        return [cvataa.InteractionResultShape(
+            type="mask", points=shape["points"],
+            attributes=[models.AttributeValRequest(spec_id=a["spec_id"], value=a["value"])
+                        for a in shape["attributes"]])]
+
+
+def create(model: str = "") -> SamInteractionFunction:
+    from backends.offline import configure_ultralytics
+
+    configure_ultralytics()
+    from adapters.cvat.config import sam_ref
+
+    ref = model or sam_ref()
+    if not ref:
+        raise ValueError("which SAM? pass -p model=str:<checkpoint or kind:path> or set "
+                         "LABELPILOT_SAM_MODEL")
+    return SamInteractionFunction(load_interactor(ref))

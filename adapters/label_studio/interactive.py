@@ -1,0 +1,284 @@
+"""Interactive `/predict` (``params.context``): LS clicks/boxes → SAM → one brush/polygon region.
+
+LS sends the clicked smart regions in percent of the image; we turn them into a pixel `Prompt`,
+ask the shared SAM interactor, and answer with exactly one region (an empty `result` list makes
+the LS UI fail, LS #6866), or a 4xx that says what to change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from adapters.http_errors import ApiError
+from adapters.label_studio.image_source import ImageSource, ImageSourceError
+from adapters.label_studio.payloads import ContextRegion, Task
+from adapters.label_studio.results import region_id
+from adapters.label_studio.sam_config import SamSetup, SamTarget
+from backends.embedding_cache import EmbeddingCache
+from backends.errors import BackendError, ModelLoadError
+from backends.geometry import mask_to_polygon
+from backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from backends.interactive import MaskResult, PointPrompt, Prompt
+from backends.sam import (
+    SamInteractor,
+    embedding_cache,
+    get_interactor,
+    loaded_models,
+    parse_sam_ref,
+)
+from backends.sam.refs import ENV_MODEL
+from backends.shapes import BBox
+
+log = logging.getLogger(__name__)
+POLYGON_TOLERANCE = 1.5  # pixels
+
+
+class _KeypointValue(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    x: float
+    y: float
+
+
+class _RectangleValue(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    x: float
+    y: float
+    width: float
+    height: float
+    rotation: float = 0.0
+
+
+@dataclass(frozen=True)
+class Click:
+    """What the annotator asked for, in pixels of the image."""
+
+    prompt: Prompt
+    label: str | None  # from the clicked region, when it has one
+    to_name: str | None
+
+
+def _label(region: ContextRegion) -> str | None:
+    labels = region.value.get(region.type)
+    if isinstance(labels, list) and labels and isinstance(labels[0], str):
+        return labels[0]
+    return None
+
+
+def _rectangle_bbox(value: _RectangleValue, width: int, height: int) -> BBox:
+    """LS rectangles rotate about their top-left corner; SAM gets the upright bounds."""
+    x, y = value.x * width / 100, value.y * height / 100
+    w, h = value.width * width / 100, value.height * height / 100
+    angle = math.radians(value.rotation)
+    cos, sin = math.cos(angle), math.sin(angle)
+    xs = [x + dx * cos - dy * sin for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
+    ys = [y + dx * sin + dy * cos for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
+    return BBox(min(xs), min(ys), max(xs), max(ys))
+
+
+def click_from_context(regions: Sequence[ContextRegion], width: int, height: int) -> Click:
+    """Keypoints (±) and/or a box → a `Prompt`; raises ValueError saying what is wrong."""
+    points: list[PointPrompt] = []
+    box: BBox | None = None
+    label: str | None = None
+    to_name: str | None = None
+    for region in regions:
+        try:
+            if region.type == "keypointlabels":
+                kp = _KeypointValue.model_validate(region.value)
+                points.append(PointPrompt(kp.x * width / 100, kp.y * height / 100,
+                                          region.is_positive))
+            elif region.type == "rectanglelabels":
+                box = _rectangle_bbox(_RectangleValue.model_validate(region.value), width,
+                                      height)  # SAM takes one box: the last one drawn
+            else:
+                continue
+        except ValidationError as exc:
+            where = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+            raise ValueError(f"context region of type {region.type} has no usable value "
+                             f"({where}: need numbers in percent)") from exc
+        label = label or _label(region)
+        to_name = to_name or region.to_name
+    if not points and box is None:
+        kinds = sorted({r.type for r in regions}) or ["none"]
+        raise ValueError("the context has no keypoint or rectangle to prompt SAM with (got "
+                         f"{', '.join(kinds)}): click with a smart KeyPointLabels or "
+                         "RectangleLabels tool")
+    return Click(Prompt(tuple(points), box), label, to_name)
+
+
+def mask_region(mask: MaskResult, target: SamTarget, label: str, to_name: str,
+                width: int, height: int) -> dict[str, Any]:
+    """One LS region: brush RLE (label-studio-sdk's encoder) or a simplified polygon."""
+    region: dict[str, Any] = {
+        "id": region_id(), "from_name": target.name, "to_name": to_name,
+        "type": target.result_type, "original_width": width, "original_height": height,
+        "image_rotation": 0, "score": round(mask.score, 4), "readonly": False,
+    }
+    if target.kind == "brush":
+        from label_studio_sdk.converter.brush import mask2rle
+
+        rle = mask2rle(mask.mask.astype(np.uint8) * 255)
+        region["value"] = {"format": "rle", "rle": rle, "brushlabels": [label]}
+        return region
+    points = mask_to_polygon(mask.mask, POLYGON_TOLERANCE)
+    if len(points) < 3:
+        raise ValueError("the mask is too small for a polygon")
+    region["value"] = {"points": [[100 * x / width, 100 * y / height] for x, y in points],
+                       "closed": True, "polygonlabels": [label]}
+    return region
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("LABELPILOT_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
+
+
+def fetch_image(task: Task, setup: SamSetup, source: ImageSource) -> np.ndarray:
+    url = task.data.get(setup.image_key)
+    if url is None:
+        raise ApiError(422, f"task data has no '{setup.image_key}' field (the config reads "
+                            f"${setup.image_key})")
+    try:
+        data = source.fetch(str(url), task.id)
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        image, _ = _decoded_images().get_or_compute(key, lambda: _read_only(
+            decode_image(data, max_pixels=max_pixels())))
+        return image
+    except (ImageSourceError, ImageError) as exc:
+        raise ApiError(422, f"task {task.id}: {exc}") from exc
+
+
+def _read_only(image: np.ndarray) -> np.ndarray:
+    image.setflags(write=False)  # shared between requests
+    return image
+
+
+@cache
+def _decoded_images() -> EmbeddingCache[np.ndarray]:
+    """Recently clicked images, decoded (keyed by their bytes): later clicks skip the decode."""
+    megabytes = float(os.environ.get("LABELPILOT_SAM_IMAGE_CACHE_MB", "128"))
+    return EmbeddingCache(int(megabytes * 2**20), lambda image: image.nbytes)
+
+
+def interactor_for(setup: SamSetup) -> SamInteractor:
+    try:
+        return get_interactor(setup.model_ref)
+    except ModelLoadError as exc:
+        raise ApiError(503, str(exc)) from exc
+    except BackendError as exc:
+        raise ApiError(422, str(exc)) from exc
+
+
+def sam_version(setup: SamSetup) -> str:
+    """The SAM part of the model_version (cheap: no model load); 422 when misconfigured."""
+    try:
+        return parse_sam_ref(setup.model_ref).version
+    except BackendError as exc:
+        raise ApiError(422, str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class ClickAnswer:
+    body: dict[str, Any]
+    embedding_source: str  # memory | redis | waited | encoded (see SamInteractor.embedding)
+    seconds_segment: float  # embedding (cache or encoder) + decoder
+
+
+def answer_click(task: Task, regions: Sequence[ContextRegion], setups: dict[str, SamSetup],
+                 source: ImageSource, version: str) -> ClickAnswer:
+    """The `/predict` answer to one interactive request, or ApiError."""
+    named = next((r.to_name for r in regions if r.to_name in setups), None)
+    setup = setups[named] if named else next(iter(setups.values()))
+    image = fetch_image(task, setup, source)
+    height, width = image.shape[:2]
+    try:
+        click = click_from_context(regions, width, height)
+        target, label = setup.target_for(click.label)
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from exc
+    if label is None:
+        raise ApiError(422, f"the clicked region has no label and output control "
+                            f"'{target.name}' has several: pick a label before clicking")
+    sam = interactor_for(setup)
+    started = time.perf_counter()
+    try:
+        mask, source_of_embedding = sam.segment_with_info(image, click.prompt)
+    except BackendError as exc:
+        raise ApiError(422, str(exc)) from exc
+    seconds = time.perf_counter() - started
+    if not mask.mask.any():
+        raise ApiError(422, "SAM found no object for this prompt (empty mask): click inside "
+                            "the object, add positive points, or draw a box around it",
+                       embedding=source_of_embedding)
+    try:
+        region = mask_region(mask, target, label, setup.to_name, width, height)
+    except ValueError as exc:
+        raise ApiError(422, f"{exc}: click inside a larger object or use a brush control") \
+            from exc
+    body = {"results": [{"result": [region], "score": region["score"],
+                         "model_version": version}]}
+    return ClickAnswer(body, source_of_embedding, seconds)
+
+
+_prewarm_fetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam-prewarm-fetch")
+
+
+def prewarm_tasks(tasks: Sequence[Task], setups: dict[str, SamSetup], source: ImageSource
+                  ) -> int:
+    """Queue the embeddings of these tasks' images (background; never fails the request).
+
+    Only the first LABELPILOT_SAM_PREWARM_TASKS (16) tasks of a request: "retrieve predictions"
+    on a whole project must not evict the cache or keep the CPU busy for an hour.
+    """
+    chosen = list(tasks)[: int(os.environ.get("LABELPILOT_SAM_PREWARM_TASKS", "16"))]
+    for setup in setups.values():
+        for task in chosen:
+            _prewarm_fetch.submit(_prewarm_one, task, setup, source)
+    return len(chosen) * len(setups)
+
+
+def _prewarm_one(task: Task, setup: SamSetup, source: ImageSource) -> None:
+    try:
+        sam = get_interactor(setup.model_ref)
+        image = fetch_image(task, setup, source)
+    except (ApiError, BackendError) as exc:
+        log.warning("SAM prewarm of task %s skipped: %s", task.id, getattr(exc, "message", exc))
+        return
+    sam.prewarm(image)
+
+
+def preload_sam() -> threading.Thread | None:
+    """Load LABELPILOT_SAM_MODEL in the background at worker start, when it is set."""
+    if not os.environ.get(ENV_MODEL, "").strip():
+        return None
+
+    def run() -> None:
+        try:
+            get_interactor()
+        except Exception as exc:  # a bad default must not stop the worker
+            log.warning("could not preload SAM %s: %s", os.environ.get(ENV_MODEL), exc)
+
+    thread = threading.Thread(target=run, name="sam-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def sam_health() -> dict[str, Any]:
+    """This worker's SAM models and embedding cache, for /health."""
+    stats = embedding_cache().stats()
+    return {"models": loaded_models(), "cache": {
+        "entries": stats.entries, "mb": round(stats.bytes / 2**20, 1),
+        "max_mb": round(stats.max_bytes / 2**20, 1), "hits": stats.hits,
+        "misses": stats.misses, "computes": stats.computes, "evictions": stats.evictions}}

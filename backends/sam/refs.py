@@ -1,0 +1,98 @@
+"""SAM model references: which architecture, which checkpoint (or explicit random weights)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+
+from backends.errors import BackendError, ModelNotFoundError
+from backends.model_ref import model_dir, model_version
+
+SamKind = Literal["mobile_sam", "vit_b", "vit_l", "vit_h"]
+KINDS: tuple[SamKind, ...] = ("mobile_sam", "vit_b", "vit_l", "vit_h")
+RANDOM_PREFIX = "random:"
+ENV_MODEL = "LABELPILOT_SAM_MODEL"
+
+# File-name hints, most specific first: official SAM names, ultralytics names, MobileSAM.
+_NAME_HINTS: tuple[tuple[str, SamKind], ...] = (
+    (r"mobile", "mobile_sam"), (r"vit[_-]?b|sam[_-]b\b", "vit_b"),
+    (r"vit[_-]?l|sam[_-]l\b", "vit_l"), (r"vit[_-]?h|sam[_-]h\b", "vit_h"),
+)
+
+
+class PromptError(BackendError):
+    """The prompt cannot be used on this image (outside it, empty box, …)."""
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    kind: SamKind
+    checkpoint: Path | None  # None: random weights (explicitly asked for with `random:`)
+
+    @property
+    def key(self) -> str:
+        """Canonical ref: the same model always gets the same key."""
+        if self.checkpoint is None:
+            return f"{RANDOM_PREFIX}{self.kind}"
+        return f"{self.kind}:{self.checkpoint}"
+
+    @property
+    def version(self) -> str:
+        if self.checkpoint is None:
+            return f"sam-{self.kind}-random"
+        return f"sam-{self.kind}-{model_version(str(self.checkpoint))}"
+
+
+def default_ref() -> str:
+    ref = os.environ.get(ENV_MODEL, "").strip()
+    if not ref:
+        raise ModelNotFoundError(
+            f"no SAM model configured: set {ENV_MODEL} to a checkpoint (e.g. "
+            "sam_vit_b_01ec64.pth or mobile_sam.pt in MODEL_DIR), or add sam_model=\"...\" to "
+            "the smart control of the label config")
+    return ref
+
+
+def parse_sam_ref(ref: str | None = None) -> SamSpec:
+    """Parse and check a ref (see backends.sam); the checkpoint must exist on disk."""
+    text = (ref or default_ref()).strip()
+    if text.startswith(RANDOM_PREFIX):
+        kind = text[len(RANDOM_PREFIX):]
+        return SamSpec(_check_kind(kind, text), None)
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in KINDS:
+        return SamSpec(cast(SamKind, prefix), _find_checkpoint(rest))
+    path = _find_checkpoint(text)
+    return SamSpec(_kind_from_name(path), path)
+
+
+def _check_kind(kind: str, ref: str) -> SamKind:
+    if kind not in KINDS:
+        raise ModelNotFoundError(f"unknown SAM kind in '{ref}': use one of {', '.join(KINDS)}")
+    return cast(SamKind, kind)
+
+
+def _find_checkpoint(ref: str) -> Path:
+    path = Path(ref).expanduser()
+    base = model_dir()
+    candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    looked = ", ".join(str(c) for c in candidates)
+    raise ModelNotFoundError(
+        f"SAM checkpoint '{ref}' not found (looked in {looked}). labelpilot downloads no "
+        f"weights: put the file in MODEL_DIR={base} or give an absolute path")
+
+
+def _kind_from_name(path: Path) -> SamKind:
+    name = path.name.lower()
+    for pattern, kind in _NAME_HINTS:
+        if re.search(pattern, name):
+            return kind
+    raise ModelNotFoundError(
+        f"cannot tell the SAM kind from the file name '{path.name}': prefix the ref with one "
+        f"of {', '.join(k + ':' for k in KINDS)} (e.g. vit_b:{path})")
