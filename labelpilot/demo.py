@@ -95,9 +95,11 @@ def _find_project(admin: LabelStudioAdmin, title: str = PROJECT_TITLE) -> int | 
 
 
 def choose_sam_model() -> tuple[str, str]:
-    """(ref, description): LABELPILOT_SAM_MODEL, a SAM checkpoint in MODEL_DIR, else random
-    MobileSAM weights, said loudly (no SAM weights can be downloaded here)."""
+    """(ref, description): LABELPILOT_SAM_MODEL, a SAM checkpoint in MODEL_DIR, MobileSAM
+    downloaded by ultralytics, else random MobileSAM weights, said loudly (offline)."""
     from backends.model_ref import model_dir
+    from backends.sam import parse_sam_ref
+    from backends.sam.models import build_network
 
     ref = os.environ.get("LABELPILOT_SAM_MODEL", "").strip()
     if ref:
@@ -105,9 +107,14 @@ def choose_sam_model() -> tuple[str, str]:
     for name in ("mobile_sam.pt", "sam_vit_b_01ec64.pth", "sam_b.pt"):
         if (model_dir() / name).is_file():
             return str(model_dir() / name), name
+    try:  # ultralytics' release asset, on a connected machine
+        build_network(parse_sam_ref("mobile_sam.pt"), "cpu")
+        return str(model_dir() / "mobile_sam.pt"), "MobileSAM (mobile_sam.pt)"
+    except BackendError as exc:
+        log.warning("mobile_sam.pt is not available here (%s).", str(exc).splitlines()[0][:200])
     log.warning("No SAM checkpoint (LABELPILOT_SAM_MODEL unset, no mobile_sam.pt or "
-                "sam_vit_b_01ec64.pth in MODEL_DIR=%s): the SAM demo project uses RANDOM "
-                "MobileSAM weights, so clicks return meaningless masks.", model_dir())
+                "sam_vit_b_01ec64.pth in MODEL_DIR=%s, no download): the SAM demo project uses "
+                "RANDOM MobileSAM weights, so clicks return meaningless masks.", model_dir())
     return "random:mobile_sam", "MobileSAM with RANDOM weights (no checkpoint found)"
 
 

@@ -248,8 +248,14 @@ def test_refs_name_kinds_and_missing_checkpoints_say_what_to_do(tmp_path, monkey
     monkeypatch.delenv("LABELPILOT_SAM_MODEL", raising=False)
     with pytest.raises(ModelNotFoundError, match="LABELPILOT_SAM_MODEL"):
         parse_sam_ref(None)
-    with pytest.raises(ModelNotFoundError, match=r"not found.*downloads no weights"):
+    with pytest.raises(ModelNotFoundError, match=r"not found.*downloaded by name"):
         parse_sam_ref("sam_vit_b_01ec64.pth")
+    with pytest.raises(ModelNotFoundError, match=r"not found"):  # tests: downloads are off
+        parse_sam_ref("mobile_sam.pt")
+    monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "1")  # a user's connected machine:
+    spec = parse_sam_ref("mobile_sam.pt")  # ultralytics' asset, fetched into MODEL_DIR on load
+    assert spec.kind == "mobile_sam" and spec.checkpoint == tmp_path / "mobile_sam.pt"
+    monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "0")
     with pytest.raises(ModelNotFoundError, match="unknown SAM kind"):
         parse_sam_ref("random:vit_x")
     for name, kind in [("sam_vit_b_01ec64.pth", "vit_b"), ("sam_vit_h_4b8939.pth", "vit_h"),

@@ -26,7 +26,9 @@ Model refs (argument, a label config's `sam_model="..."`, or env LABELPILOT_SAM_
 - ``random:<kind>`` (e.g. ``random:mobile_sam``, ``random:vit_b``): seeded RANDOM weights, for
   tests and benchmarks only. Masks are meaningless; nothing ever falls back to this silently.
 
-No weights ship with labelpilot and none are downloaded: a missing checkpoint raises
+No weights ship with labelpilot. The bare names of ultralytics' release assets (mobile_sam.pt,
+sam_b.pt, sam_l.pt) are downloaded into MODEL_DIR on first load unless
+LABELPILOT_DOWNLOAD_WEIGHTS=0 (as yolo11n.pt is); any other missing checkpoint raises
 `ModelNotFoundError` (a missing ref too), a checkpoint that does not fit its kind raises
 `ModelLoadError`, a prompt outside the image raises `PromptError` (all `BackendError`s).
 

@@ -6,11 +6,12 @@ Both give a module with `image_encoder`, `prompt_encoder` and `mask_decoder` of 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from backends.errors import ModelLoadError
+from backends.errors import ModelLoadError, ModelNotFoundError
 from backends.sam.refs import SamSpec
 
 RANDOM_SEED = 0  # random weights are seeded: every worker process builds the same model
@@ -39,8 +40,29 @@ def _architecture(spec: SamSpec) -> Any:
     return sam_model_registry[spec.kind](checkpoint=None)
 
 
+def _download(path: Path) -> None:
+    """An ultralytics release asset named in `backends.sam.refs.DOWNLOADABLE`."""
+    from backends.offline import configure_ultralytics
+
+    configure_ultralytics()
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        attempt_download_asset(str(path))
+    except Exception as exc:
+        raise ModelNotFoundError(f"could not download SAM weights {path.name}: {exc}; put "
+                                 f"the file at {path}") from exc
+    if not path.is_file():
+        raise ModelNotFoundError(f"could not download SAM weights {path.name}: put the file "
+                                 f"at {path}")
+
+
 def _load_weights(net: Any, spec: SamSpec) -> None:
     path = spec.checkpoint
+    assert path is not None
+    if not path.is_file():
+        _download(path)
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from backends.errors import BackendError, ModelNotFoundError
-from backends.model_ref import model_dir, model_version
+from backends.model_ref import downloads_allowed, model_dir, model_version
 
 SamKind = Literal["mobile_sam", "vit_b", "vit_l", "vit_h"]
 KINDS: tuple[SamKind, ...] = ("mobile_sam", "vit_b", "vit_l", "vit_h")
@@ -21,6 +21,12 @@ _NAME_HINTS: tuple[tuple[str, SamKind], ...] = (
     (r"mobile", "mobile_sam"), (r"vit[_-]?b|sam[_-]b\b", "vit_b"),
     (r"vit[_-]?l|sam[_-]l\b", "vit_l"), (r"vit[_-]?h|sam[_-]h\b", "vit_h"),
 )
+
+
+# ultralytics release assets: on a connected machine these bare names download into MODEL_DIR
+# on first load (like yolo11n.pt), unless LABELPILOT_DOWNLOAD_WEIGHTS=0.
+DOWNLOADABLE: dict[str, SamKind] = {"mobile_sam.pt": "mobile_sam", "sam_b.pt": "vit_b",
+                                    "sam_l.pt": "vit_l"}
 
 
 class PromptError(BackendError):
@@ -65,6 +71,9 @@ def parse_sam_ref(ref: str | None = None) -> SamSpec:
     prefix, sep, rest = text.partition(":")
     if sep and prefix in KINDS:
         return SamSpec(cast(SamKind, prefix), _find_checkpoint(rest))
+    if text in DOWNLOADABLE and not any(c.is_file() for c in _candidates(text)) \
+            and downloads_allowed():
+        return SamSpec(DOWNLOADABLE[text], model_dir() / text)  # downloaded when loaded
     path = _find_checkpoint(text)
     return SamSpec(_kind_from_name(path), path)
 
@@ -75,17 +84,22 @@ def _check_kind(kind: str, ref: str) -> SamKind:
     return cast(SamKind, kind)
 
 
-def _find_checkpoint(ref: str) -> Path:
+def _candidates(ref: str) -> list[Path]:
     path = Path(ref).expanduser()
+    return [path] if path.is_absolute() else [model_dir() / path, Path.cwd() / path]
+
+
+def _find_checkpoint(ref: str) -> Path:
     base = model_dir()
-    candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
+    candidates = _candidates(ref)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
     looked = ", ".join(str(c) for c in candidates)
     raise ModelNotFoundError(
-        f"SAM checkpoint '{ref}' not found (looked in {looked}). labelpilot downloads no "
-        f"weights: put the file in MODEL_DIR={base} or give an absolute path")
+        f"SAM checkpoint '{ref}' not found (looked in {looked}): put the file in "
+        f"MODEL_DIR={base} or give an absolute path (only {', '.join(DOWNLOADABLE)} are "
+        "downloaded by name, and only while LABELPILOT_DOWNLOAD_WEIGHTS is not 0)")
 
 
 def _kind_from_name(path: Path) -> SamKind:
