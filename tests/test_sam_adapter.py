@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import redis
+import torch
 
 from adapters.label_studio.app import create_app
 from adapters.label_studio.config import parse_label_config
@@ -256,6 +257,21 @@ def test_a_second_worker_reuses_the_embedding_through_redis(redis_url):
     assert np.array_equal(first.mask, second.mask) and first.score == pytest.approx(
         second.score, abs=1e-6)
     assert spec.version in next(iter(store.client.scan_iter("labelpilot:sam:emb:*"))).decode()
+
+
+def test_redis_tier_keeps_only_the_newest_embeddings_under_its_cap(redis_url):
+    from backends.sam.shared_store import EMBEDDING_MB
+    from backends.sam.transforms import Frame
+
+    client = redis.Redis.from_url(redis_url)
+    store = RedisEmbeddingStore(client, ttl=60, max_mb=3 * EMBEDDING_MB)  # room for 3
+    frame = Frame(200, 300, 683, 1024)
+    for i in range(5):
+        store.put((f"img{i}", "v-test"), torch.full((1, 256, 64, 64), float(i)), frame)
+    assert [store.get((f"img{i}", "v-test")) is not None for i in range(5)] == [
+        False, False, True, True, True]
+    tensor, got_frame = store.get(("img4", "v-test"))  # type: ignore[misc]
+    assert float(tensor[0, 0, 0, 0]) == 4.0 and got_frame == frame
 
 
 def test_clicks_still_work_when_redis_is_down():

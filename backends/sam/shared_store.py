@@ -23,14 +23,21 @@ from backends.sam.transforms import Frame
 
 log = logging.getLogger(__name__)
 ENV_TTL = "LABELPILOT_SAM_REDIS_TTL"
+ENV_MAX_MB = "LABELPILOT_SAM_REDIS_MB"
 _PREFIX = "labelpilot:sam:emb:"
+_INDEX = "labelpilot:sam:emb-index"  # sorted set: embedding key → when it was stored
+EMBEDDING_MB = 4  # float32 1 x 256 x 64 x 64
 
 
 class RedisEmbeddingStore:
-    def __init__(self, client: redis.Redis, ttl: int = 1800, lock_ttl: int = 120):
+    """Embeddings in Redis for `ttl` seconds, the oldest dropped beyond `max_mb` in all."""
+
+    def __init__(self, client: redis.Redis, ttl: int = 1800, lock_ttl: int = 120,
+                 max_mb: int = 1024):
         self.client = client
         self.ttl = ttl
         self.lock_ttl = lock_ttl
+        self.max_entries = max(1, max_mb // EMBEDDING_MB)
 
     @staticmethod
     def _key(key: tuple[str, str]) -> str:
@@ -55,8 +62,19 @@ class RedisEmbeddingStore:
         header = json.dumps({"shape": list(array.shape), "frame": [
             frame.height, frame.width, frame.input_height, frame.input_width]}).encode()
         payload = len(header).to_bytes(4, "little") + header + array.tobytes()
+        name = self._key(key)
         try:
-            self.client.set(self._key(key), payload, ex=self.ttl)
+            pipe = self.client.pipeline()
+            pipe.set(name, payload, ex=self.ttl)
+            pipe.zadd(_INDEX, {name: time.time()})
+            pipe.zremrangebyscore(_INDEX, "-inf", time.time() - self.ttl)  # expired anyway
+            pipe.zcard(_INDEX)
+            count = pipe.execute()[-1]
+            if count > self.max_entries:  # keep Redis' memory bounded: drop the oldest
+                oldest: list[tuple[bytes, float]] = self.client.zpopmin(  # type: ignore[assignment]
+                    _INDEX, count - self.max_entries)
+                if oldest:
+                    self.client.delete(*[member for member, _score in oldest])
         except redis.RedisError as exc:
             log.warning("SAM embedding not shared (Redis): %s", exc)
 
@@ -89,11 +107,12 @@ class RedisEmbeddingStore:
 
 
 def shared_store() -> RedisEmbeddingStore | None:
-    """The Redis tier when REDIS_URL is set and LABELPILOT_SAM_REDIS_TTL > 0 (default 1800 s)."""
+    """The Redis tier when REDIS_URL is set and LABELPILOT_SAM_REDIS_TTL > 0 (default 1800 s),
+    at most LABELPILOT_SAM_REDIS_MB in Redis (default 1024, i.e. 256 images)."""
     ttl = int(os.environ.get(ENV_TTL, "1800"))
     if ttl <= 0 or not os.environ.get("REDIS_URL"):
         return None
     from labelpilot.redis_conn import get_redis
 
     client: Any = get_redis()
-    return RedisEmbeddingStore(client, ttl)
+    return RedisEmbeddingStore(client, ttl, max_mb=int(os.environ.get(ENV_MAX_MB, "1024")))
