@@ -126,3 +126,19 @@ def test_classify_uses_class_folders_and_the_holdout_as_test(tmp_path: Path) -> 
 def test_unknown_task_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="cannot build a dataset for a track model"):
         build_dataset(_samples(tmp_path, 3), "track", ("x",), tmp_path / "ds")
+
+
+def test_a_pose_model_with_other_keypoints_is_not_compared(tmp_path: Path) -> None:
+    """COCO's 17-keypoint model vs a project's 3 keypoints: no holdout comparison (None),
+    instead of a crash in ultralytics' validator; the gate then treats it as not comparable."""
+    from backends.offline import import_ultralytics
+    from trainers.yolo_train import evaluate_yolo
+
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n-pose.yaml")  # kpt_shape [17, 3]
+    model.save(str(tmp_path / "pose17.pt"))
+    names = tuple(str(n) for n in model.names.values())
+    assert evaluate_yolo(str(tmp_path / "pose17.pt"), tmp_path / "absent.yaml", imgsz=160,
+                         task="pose", class_names=names, keypoint_count=3) is None

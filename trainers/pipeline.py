@@ -94,7 +94,8 @@ def run_training(request: TrainRequest, store: ModelStore,
         def evaluate(path: str) -> dict[str, float] | None:
             return evaluate_yolo(path, dataset.holdout_data, imgsz=request.params.imgsz,
                                  task=request.task, class_names=dataset.class_names,
-                                 split=dataset.holdout_split)
+                                 split=dataset.holdout_split,
+                                 keypoint_count=request.keypoint_count)
 
         candidate_metrics = evaluate(str(weights))
         current_metrics = evaluate(baseline) if baseline else None

@@ -46,8 +46,10 @@ _MASK_SUFFIX = {"segment": "(M)", "pose": "(P)"}  # the metric that judges the t
 
 
 def evaluate_yolo(weights: str, data: Path, *, imgsz: int, task: str,
-                  class_names: tuple[str, ...], split: str = "val") -> dict[str, float] | None:
-    """Metrics on `data`'s `split`; None when the model's classes differ from `class_names`.
+                  class_names: tuple[str, ...], split: str = "val",
+                  keypoint_count: int = 0) -> dict[str, float] | None:
+    """Metrics on `data`'s `split`; None when the model's classes differ from `class_names`
+    (or, for pose, its keypoints per object from `keypoint_count`): not comparable.
 
     detect/obb: box mAP; segment: mask mAP; pose: keypoint mAP (box mAP as `box_*`);
     classify: top-1/top-5 accuracy. `primary_metric` picks the one the promotion gate uses.
@@ -56,6 +58,10 @@ def evaluate_yolo(weights: str, data: Path, *, imgsz: int, task: str,
     from ultralytics import YOLO
 
     model = YOLO(weights)
+    if task == "pose":
+        kpt_shape = (getattr(model.model, "yaml", None) or {}).get("kpt_shape") or [0]
+        if int(kpt_shape[0]) != keypoint_count:
+            return None
     names = tuple(str(model.names[i]).lower() for i in sorted(model.names))
     if names != tuple(n.lower() for n in class_names):
         return None
