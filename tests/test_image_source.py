@@ -24,6 +24,11 @@ class Recorder(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "http://other.invalid/x.png")
             self.end_headers()
             return
+        if self.path.startswith("/unsized-big"):  # no Content-Length: the limit must still hold
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"z" * 5000)
+            return
         if self.path.startswith("/big"):
             body = b"y" * 5000
         elif self.path.startswith("/missing"):
@@ -77,8 +82,15 @@ def test_redirect_to_a_host_outside_the_allowlist_is_refused(server):
 def test_size_limit_and_http_errors_are_clear(server):
     with pytest.raises(ImageSourceError, match="over the limit.*LABELPILOT_MAX_IMAGE_BYTES"):
         source(server, max_bytes=1000).fetch("/big.png")
+    with pytest.raises(ImageSourceError, match="over the limit"):
+        source(server, max_bytes=1000).fetch("/unsized-big.png")
     with pytest.raises(ImageSourceError, match="HTTP 404"):
         source(server).fetch("/missing.png")
+    from labelpilot.embedded_redis import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(ImageSourceError, match="could not download"):
+        source(closed).fetch("/data/upload/1/a.png")
 
 
 def test_relative_url_without_label_studio_address_says_what_to_set():

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import requests
+import urllib3
 
 from adapters.label_studio.auth import LabelStudioAuthError, TokenAuth
 
@@ -39,7 +40,8 @@ class ImageSource:
     max_bytes: int = 50 * 1024 * 1024
     local_files_root: Path | None = None
     timeout: float = 15.0
-    session: requests.Session = field(default_factory=requests.Session)
+    session: requests.Session = field(default_factory=requests.Session)  # LS API calls
+    pool: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(maxsize=16))
 
     def __post_init__(self) -> None:
         self.ls_url = self.ls_url.rstrip("/") if self.ls_url else None
@@ -124,34 +126,40 @@ class ImageSource:
             raise ImageSourceError(str(exc)) from exc
 
     def _download(self, url: str, trust_redirects: bool = False) -> bytes:
+        # urllib3 directly: the same pooled connections as requests at half its per-call CPU,
+        # which counts when a 2-core worker fetches a batch of images next to the model.
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                response = self.session.get(url, headers=self._headers_for(url), stream=True,
-                                            timeout=self.timeout, allow_redirects=False)
-            except requests.RequestException as exc:
+                response = self.pool.request(
+                    "GET", url, headers=self._headers_for(url), preload_content=False,
+                    redirect=False, retries=False, timeout=self.timeout)
+            except urllib3.exceptions.HTTPError as exc:
                 raise ImageSourceError(f"could not download {url}: {exc}") from exc
-            with response:
-                if response.is_redirect:
-                    target = urljoin(url, response.headers.get("Location", ""))
+            try:
+                if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                    target = urljoin(url, response.headers["Location"])
                     if not (trust_redirects or self.host_allowed(target)):
                         raise ImageSourceError(
                             f"{url} redirects to host '{_host(target)}', which is not allowed")
                     url = target
                     continue
-                if response.status_code != 200:
-                    hint = " (check LABEL_STUDIO_API_KEY)" if response.status_code in (
-                        401, 403) else ""
+                if response.status != 200:
+                    hint = " (check LABEL_STUDIO_API_KEY)" if response.status in (401, 403) else ""
                     raise ImageSourceError(
-                        f"download of {url} failed: HTTP {response.status_code}{hint}")
+                        f"download of {url} failed: HTTP {response.status}{hint}")
                 declared = int(response.headers.get("Content-Length") or 0)
                 if declared > self.max_bytes:
                     raise ImageSourceError(self._too_big(declared))
                 chunks: list[bytes] = []
                 total = 0
-                for chunk in response.iter_content(256 * 1024):
+                for chunk in response.stream(256 * 1024):
                     total += len(chunk)
                     if total > self.max_bytes:
                         raise ImageSourceError(self._too_big(total))
                     chunks.append(chunk)
                 return b"".join(chunks)
+            except urllib3.exceptions.HTTPError as exc:
+                raise ImageSourceError(f"could not download {url}: {exc}") from exc
+            finally:
+                response.release_conn()
         raise ImageSourceError(f"too many redirects fetching {url}")
