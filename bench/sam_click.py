@@ -31,14 +31,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.predict import (
+from bench.common import (
     REPO,
+    bench_main,
+    bench_parser,
     child_pids,
-    configure_offline,
     percentile,
     proc_status_mb,
     progress,
-    report_run,
     serve_directory,
     table,
 )
@@ -314,15 +314,13 @@ def render(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.sam_click", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("python -m bench.sam_click", __doc__)
     parser.add_argument("--models", default="mobile_sam,vit_b",
                         help="comma list of mobile_sam, vit_b, vit_l, vit_h (mobile_sam,vit_b)")
     parser.add_argument("--clicks", type=int, default=20, help="hit clicks per model (20)")
     parser.add_argument("--misses", type=int, default=3,
                         help="miss clicks and prewarmed tasks per model (3)")
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (1)")
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     return parser.parse_args(argv)
 
 
@@ -353,9 +351,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_offline()
-    return report_run(lambda: run_bench(args), render, args.json)
+    return bench_main(parse_args(argv), run_bench, render)
 
 
 if __name__ == "__main__":

@@ -37,17 +37,17 @@ from typing import Any
 import redis
 import requests
 
-from bench.predict import (
+from bench.common import (
     REPO,
     Backend,
     Client,
-    configure_offline,
+    bench_main,
+    bench_parser,
     default_model,
     gunicorn_backend,
     make_images,
     percentile,
     progress,
-    report_run,
     serve_directory,
     table,
 )
@@ -338,16 +338,11 @@ def render(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.swap",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.swap", __doc__)
     parser.add_argument("--clients", type=int, default=4, help="concurrent /predict clients (4)")
     parser.add_argument(
         "--phase-seconds", type=float, default=10.0, help="length of each phase (10)"
     )
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     return parser.parse_args(argv)
 
 
@@ -408,9 +403,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_offline()
-    return report_run(lambda: run_bench(args), render, args.json)
+    return bench_main(parse_args(argv), run_bench, render)
 
 
 if __name__ == "__main__":

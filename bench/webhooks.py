@@ -35,16 +35,16 @@ from typing import Any
 import redis
 import requests
 
-from bench.predict import (
+from bench.common import (
     LABEL_CONFIG,
     Backend,
     Client,
-    configure_offline,
+    bench_main,
+    bench_parser,
     default_model,
     gunicorn_backend,
     percentile,
     progress,
-    report_run,
     table,
 )
 from bench.swap import bench_redis
@@ -330,14 +330,9 @@ def render(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.webhooks",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = bench_parser("python -m bench.webhooks", __doc__)
     parser.add_argument("--events", type=int, default=200, help="events per burst (200)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent senders (8)")
-    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     return parser.parse_args(argv)
 
 
@@ -367,9 +362,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    configure_offline()
-    return report_run(lambda: run_bench(args), render, args.json)
+    return bench_main(parse_args(argv), run_bench, render)
 
 
 if __name__ == "__main__":
