@@ -7,6 +7,7 @@ OpenCV's convention). Every failure is an `ImageError` whose message says what t
 from __future__ import annotations
 
 import io
+import os
 import warnings
 
 import cv2
@@ -14,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
+ENV_MAX_PIXELS = "LABELPILOT_MAX_IMAGE_PIXELS"
 _FAST_MODES = ("RGB", "L")
 _JPEG_END = b"\xff\xd9"
 _PNG_END = b"IEND\xaeB`\x82"
@@ -23,8 +25,14 @@ class ImageError(ValueError):
     """The bytes are not an image the backends can use."""
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def max_image_pixels() -> int:
+    """The pixel limit: LABELPILOT_MAX_IMAGE_PIXELS, else 64 MP (prediction, clicks, training)."""
+    return int(os.environ.get(ENV_MAX_PIXELS, str(DEFAULT_MAX_PIXELS)))
+
+
+def decode_image(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
     """Decode, apply EXIF orientation, normalise 16-bit / grayscale / alpha / CMYK to BGR."""
+    max_pixels = max_pixels or max_image_pixels()
     if not data:
         raise ImageError("the image is empty (0 bytes)")
     try:

@@ -103,12 +103,15 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
 
     def current(self, key: str) -> ModelVersion | None:
-        """The promoted version: Redis pointer, else the pointer file (Redis down)."""
-        version: str | None
+        """The promoted version: Redis pointer, else the pointer file (Redis down, or a Redis
+        that lost its data: promotion writes both)."""
+        version: str | None = None
         try:
             raw = self._redis().get(_POINTER.format(key))
             version = raw.decode() if isinstance(raw, bytes) else raw
         except redis.RedisError:
+            pass
+        if not version:
             pointer = self.root / key / "CURRENT"
             version = pointer.read_text().strip() if pointer.exists() else None
         if not version:

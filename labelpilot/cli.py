@@ -193,7 +193,7 @@ def models_list() -> None:
             mark = "*" if v["current"] else " "
             typer.echo(f"{mark} {v['model_version']:<28} holdout {_metric_name(cand)} "
                        f"{_num(cand):<6} "
-                       f"(served then: {_num(cur):<6}) {v['decision']['reason']}")
+                       f"(served then: {_num(cur):<6}) {(v['decision'] or {}).get('reason', '')}")
 
 
 @models_app.command("promote")

@@ -20,6 +20,11 @@ def redis_url() -> str:
     return recorded.read_text().strip() if recorded.exists() else DEFAULT_URL
 
 
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as str (clients without decode_responses give bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 @cache
 def get_redis(url: str | None = None) -> redis.Redis:
     return redis.Redis.from_url(url or redis_url(), socket_connect_timeout=0.5,

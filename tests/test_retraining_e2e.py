@@ -79,11 +79,8 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
         loop, ls_admin, label_studio, tmp_path_factory):
     backend: BackendServer = loop["backend"]
     headers = {"Authorization": f"Token {ls_admin.api_key}"}
-    pid = ls_admin.create_project("retraining", load("detection_shapes"))
-    images = generate_images(tmp_path_factory.mktemp("loop-images"), 64, seed=4242)
-    ls_admin.upload_images(pid, [g.path for g in images])
-    backend_id = ls_admin.connect_backend(pid, backend.url)
-    truth = task_truth(ls_admin, pid, images)
+    pid, backend_id, truth = shapes_project(ls_admin, backend, "retraining", 64, 4242,
+                                            tmp_path_factory)
     ls_admin.retrieve_predictions(pid)
     before = ls_admin.predictions(pid)
     first_version = before[0]["model_version"]
@@ -201,6 +198,18 @@ def test_hot_swap_under_load_fails_no_request(loop, image_urls, weak_shapes_mode
     assert late and {o[2] for o in late} == {f"{key}-v2"}
 
 
+def shapes_project(ls_admin, backend: BackendServer, title: str, count: int, seed: int,
+                   tmp_path_factory) -> tuple[int, int, dict]:  # type: ignore[no-untyped-def]
+    """An LS project of generated shape images, connected to the backend:
+    (project id, ML backend id, task id → the image with its ground truth)."""
+    pid = ls_admin.create_project(title, load("detection_shapes"))
+    images = generate_images(tmp_path_factory.mktemp(f"{title.replace(' ', '-')}-images"),
+                             count, seed=seed)
+    ls_admin.upload_images(pid, [g.path for g in images])
+    backend_id = ls_admin.connect_backend(pid, backend.url)
+    return pid, backend_id, task_truth(ls_admin, pid, images)
+
+
 def task_truth(ls_admin, pid: int, images) -> dict:  # type: ignore[no-untyped-def]
     """LS task id → the generated image (with its ground truth) the task shows."""
     by_name = {g.path.name: g for g in images}
@@ -225,11 +234,9 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
 
     backend: BackendServer = loop["backend"]
     headers = {"Authorization": f"Token {ls_admin.api_key}"}
-    pid = ls_admin.create_project("kill test", load("detection_shapes"))
-    images = generate_images(tmp_path_factory.mktemp("kill-images"), 16, seed=5151)
-    ls_admin.upload_images(pid, [g.path for g in images])
-    backend_id = ls_admin.connect_backend(pid, backend.url)
-    annotate_all(ls_admin, task_truth(ls_admin, pid, images))
+    pid, backend_id, truth = shapes_project(ls_admin, backend, "kill test", 16, 5151,
+                                            tmp_path_factory)
+    annotate_all(ls_admin, truth)
     requests.put(f"{backend.url}/admin/projects/ls-{pid}/settings", headers=ADMIN, timeout=10,
                  json={"epochs": 200, "imgsz": 160, "batch": 8, "patience": 200})
     loop["worker"].terminate()  # only the worker we are about to kill takes this job

@@ -144,12 +144,12 @@ def _file_name(sample: Sample) -> str:
 
 def _copy(sample: Sample, target: Path, split: str, counts: dict[str, int],
           manifest: list[dict[str, object]]) -> None:
+    data = sample.image.read_bytes()
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(sample.image, target)
+    target.write_bytes(data)
     counts[split] += 1
     manifest.append({"sample": sample.sample_id, "split": split,
-                     "sha1": hashlib.sha1(sample.image.read_bytes()).hexdigest(),
-                     **sample.provenance})
+                     "sha1": hashlib.sha1(data).hexdigest(), **sample.provenance})
 
 
 def _check_counts(counts: dict[str, int], total: int) -> None:

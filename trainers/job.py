@@ -6,16 +6,16 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 
 from trainers import queue
+from trainers.pipeline import Progress
 
 log = logging.getLogger(__name__)
-Progress = Callable[[dict[str, Any]], None]
 
 
 @contextmanager

@@ -18,6 +18,8 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
 
+from labelpilot.redis_conn import as_text
+
 QUEUE_NAME = "labelpilot"
 JOB_TIMEOUT = 6 * 3600
 _PENDING = "labelpilot:train:pending:{}"
@@ -35,7 +37,7 @@ class Enqueued:
 
 
 def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
+    return None if value is None else as_text(value)
 
 
 def _job(connection: redis.Redis, job_id: bytes | str | None) -> Job | None:

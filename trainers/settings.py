@@ -7,18 +7,15 @@ from typing import Any
 
 import redis
 
+from labelpilot.redis_conn import as_text
 from trainers.pipeline import TrainParams
 
 _KEY = "labelpilot:settings:{}"
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def load_params(connection: redis.Redis, project: str) -> TrainParams:
     raw = connection.hgetall(_KEY.format(project))
-    return TrainParams.from_mapping({_text(k): _text(v) for k, v in raw.items()})
+    return TrainParams.from_mapping({as_text(k): as_text(v) for k, v in raw.items()})
 
 
 def save_params(connection: redis.Redis, project: str, **changes: Any) -> TrainParams:

@@ -14,6 +14,7 @@ import logging
 import redis
 
 from adapters.cvat import config
+from labelpilot.redis_conn import as_text
 
 log = logging.getLogger(__name__)
 _KEY = "labelpilot:cvat:direct-ports"
@@ -34,10 +35,6 @@ return false
 _warned: set[str] = set()  # names already reported as portless by this process
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def port_for(connection: redis.Redis, name: str) -> int | None:
     """The function's direct-mode port; None when direct mode is off or the range is full."""
     span = config.direct_ports()
@@ -55,11 +52,11 @@ def port_for(connection: redis.Redis, name: str) -> int | None:
         log.warning("LABELPILOT_CVAT_DIRECT_PORTS %s-%s is full: '%s' has no port (widen the "
                     "range or use CVAT_NUCLIO_INVOKE_METHOD=dashboard)", span[0], span[1], name)
         return None
-    return int(_text(port))
+    return int(as_text(port))
 
 
 def function_on_port(connection: redis.Redis, port: int) -> str | None:
     for name, value in connection.hgetall(_KEY).items():
-        if _text(value) == str(port):
-            return _text(name)
+        if as_text(value) == str(port):
+            return as_text(name)
     return None

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,13 @@ from backends.model_store import ModelStore
 from labelpilot.redis_conn import get_redis
 from trainers import queue
 from trainers.job import running_job
-from trainers.pipeline import TrainRequest, run_training, scratch_model
+from trainers.pipeline import Progress, TrainRequest, run_training, scratch_model
 from trainers.samples import Sample
 from trainers.settings import load_params
 
 log = logging.getLogger(__name__)
 JOB_FUNC = "adapters.cvat.training.train_cvat"
 KINDS = ("task", "project")
-Progress = Callable[[dict[str, Any]], None]
 
 
 def store_key(kind: str, ident: int) -> str:

@@ -30,7 +30,7 @@ from adapters.label_studio.sam_config import SamSetup, SamTarget
 from backends.embedding_cache import EmbeddingCache
 from backends.errors import BackendError, ModelLoadError
 from backends.geometry import mask_to_polygon
-from backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from backends.images import ImageError, decode_image
 from backends.interactive import MaskResult, PointPrompt, Prompt
 from backends.sam import (
     SamInteractor,
@@ -141,10 +141,6 @@ def mask_region(mask: MaskResult, target: SamTarget, label: str, to_name: str,
     return region
 
 
-def max_pixels() -> int:
-    return int(os.environ.get("LABELPILOT_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
-
-
 def fetch_image(task: Task, setup: SamSetup, source: ImageSource) -> np.ndarray:
     url = task.data.get(setup.image_key)
     if url is None:
@@ -154,7 +150,7 @@ def fetch_image(task: Task, setup: SamSetup, source: ImageSource) -> np.ndarray:
         data = source.fetch(str(url), task.id)
         key = hashlib.blake2b(data, digest_size=16).digest()
         image, _ = _decoded_images().get_or_compute(key, lambda: _read_only(
-            decode_image(data, max_pixels=max_pixels())))
+            decode_image(data)))
         return image
     except (ImageSourceError, ImageError) as exc:
         raise ApiError(422, f"task {task.id}: {exc}") from exc

@@ -24,7 +24,7 @@ from adapters.label_studio.results import control_results, task_score
 from adapters.metrics import IMAGE_FETCH_ERRORS, PREDICTIONS
 from backends.errors import ModelNotFoundError, ModelTaskError
 from backends.hot_swap import CurrentModels
-from backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from backends.images import ImageError, decode_image
 from backends.model_cache import ModelCache
 from backends.model_ref import model_version, resolve_model
 from backends.model_store import ModelStore
@@ -56,14 +56,12 @@ class Predictor:
     """Shared by all requests of a worker process; models load once through the cache."""
 
     def __init__(self, models: ModelCache[YoloModel] | None = None, fetch_workers: int = 8,
-                 max_pixels: int | None = None, store: ModelStore | None = None):
+                 store: ModelStore | None = None):
         self.models: ModelCache[YoloModel] = models or ModelCache(
             YoloModel, capacity=int(os.environ.get("LABELPILOT_MAX_MODELS", "4")))
         self.current = CurrentModels(store or ModelStore(), self.models.get)
         self._pool = ThreadPoolExecutor(max_workers=fetch_workers,
                                         thread_name_prefix="image-fetch")
-        self._max_pixels = max_pixels or int(
-            os.environ.get("LABELPILOT_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS)))
 
     def preload(self, refs: Sequence[str],
                 first: Callable[[], None] | None = None) -> threading.Thread:
@@ -161,7 +159,7 @@ class Predictor:
             IMAGE_FETCH_ERRORS.labels("fetch").inc()
             return _Loaded(None, str(exc))
         try:
-            return _Loaded(decode_image(data, max_pixels=self._max_pixels), None)
+            return _Loaded(decode_image(data), None)
         except ImageError as exc:
             IMAGE_FETCH_ERRORS.labels("decode").inc()
             return _Loaded(None, f"{url}: {exc}")

@@ -17,6 +17,7 @@ import cv2
 
 from adapters.label_studio.annotations import POSE_CLASS, task_choices, task_instances, task_poses
 from adapters.label_studio.config import (
+    DEFAULT_TASK,
     ControlSpec,
     ServingPlan,
     parse_label_config,
@@ -38,8 +39,7 @@ from trainers.samples import Sample
 from trainers.settings import load_params
 
 log = logging.getLogger(__name__)
-TRAINABLE = {"rectangle": "detect", "obb": "obb", "polygon": "segment", "brush": "segment",
-             "keypoint": "pose", "choices": "classify"}
+TRAINABLE = DEFAULT_TASK  # every control kind trains the model task it is served by
 JOB_FUNC = "adapters.label_studio.training.train_project"
 _CHANGES = "labelpilot:train:changes:ls-{}"
 

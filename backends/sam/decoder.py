@@ -83,8 +83,9 @@ class OnnxDecoder:
     def __call__(self, embedding: np.ndarray | torch.Tensor, coords: np.ndarray,
                  labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         emb = embedding.cpu().numpy() if isinstance(embedding, torch.Tensor) else embedding
-        masks, scores = self.session.run(None, {"image_embeddings": emb.astype(np.float32),
-                                               "point_coords": coords, "point_labels": labels})
+        inputs = {"image_embeddings": emb.astype(np.float32, copy=False),
+                  "point_coords": coords, "point_labels": labels}
+        masks, scores = self.session.run(None, inputs)
         return masks, scores
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -49,8 +50,30 @@ def embedding_cache() -> EmbeddingCache[Embedding]:
     return EmbeddingCache(int(megabytes * 1024 * 1024), lambda e: e.nbytes)
 
 
+_DIGESTS: dict[int, tuple[weakref.ref[np.ndarray], str]] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
 def image_digest(image: np.ndarray) -> str:
-    """Content hash of the decoded pixels (same picture re-uploaded → same key)."""
+    """Content hash of the decoded pixels (same picture re-uploaded → same key).
+
+    Read-only arrays (the adapters' decoded-image cache hands those out) cannot change, so
+    their digest is remembered while they live: a click on a cached image hashes nothing.
+    """
+    if image.flags.writeable:
+        return _hash_pixels(image)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(id(image))
+    if known is not None and known[0]() is image:
+        return known[1]
+    digest = _hash_pixels(image)
+    ident = id(image)
+    with _DIGESTS_LOCK:
+        _DIGESTS[ident] = (weakref.ref(image, lambda _: _DIGESTS.pop(ident, None)), digest)
+    return digest
+
+
+def _hash_pixels(image: np.ndarray) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str(image.shape).encode())
     digest.update(np.ascontiguousarray(image).data.cast("B"))
@@ -64,6 +87,7 @@ class SamInteractor:
                  cache: EmbeddingCache[Embedding] | None = None, decoder: str | None = None,
                  store: RedisEmbeddingStore | None = None):
         self.spec = spec
+        self._version = spec.version  # stats the checkpoint: once, not per click
         self.device = device
         self.encoder = network.image_encoder
         self.decoder: TorchDecoder | OnnxDecoder = choose_decoder(PromptDecoder(network), device,
@@ -91,7 +115,7 @@ class SamInteractor:
 
     @property
     def model_version(self) -> str:
-        return self.spec.version
+        return self._version
 
     def encode(self, image: np.ndarray) -> Embedding:
         """Run the image encoder (no cache): the expensive step."""
@@ -156,9 +180,7 @@ class SamInteractor:
     def decode(self, embedding: Embedding, prompt: Prompt) -> MaskResult:
         """Decoder only: the best of SAM's three candidate masks, score = its predicted IoU."""
         coords, labels = encode_prompt(prompt, embedding.frame)
-        tensor = embedding.tensor
-        source = tensor.cpu().numpy() if isinstance(self.decoder, OnnxDecoder) else tensor
-        masks, scores = self.decoder(source, coords, labels)
+        masks, scores = self.decoder(embedding.tensor, coords, labels)
         best = int(np.argmax(scores[0]))
         mask = upscale_mask(masks[0, best], embedding.frame)
         return MaskResult(mask, float(np.clip(scores[0, best], 0.0, 1.0)))
