@@ -39,6 +39,8 @@ class YoloModel:
         self.task: str = str(self._model.task)
         names = self._model.names
         self.class_names: tuple[str, ...] = tuple(names[i] for i in sorted(names))
+        kpt_shape = (getattr(self._model.model, "yaml", None) or {}).get("kpt_shape")
+        self.keypoint_count: int = int(kpt_shape[0]) if self.task == "pose" and kpt_shape else 0
         self._lock = threading.Lock()
         self._batch = _batch_size()
         log.info("loaded %s (task=%s, %d classes) on %s", weights, self.task,

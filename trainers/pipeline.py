@@ -103,6 +103,7 @@ def run_training(request: TrainRequest, store: ModelStore,
         decision = gate(request.params, candidate_metrics, current_metrics)
         info = {
             "task": request.task, "class_names": list(dataset.class_names),
+            "keypoint_count": request.keypoint_count,
             "base_model": request.base_model,
             "parent_version": current.version if current else None,
             "compared_with": baseline,

@@ -15,9 +15,9 @@ from adapters.cvat import config
 from adapters.cvat.spec import LabelSpec, model_labels, nuclio_spec
 from adapters.cvat.tracker import SUPPORTED_SHAPE_TYPES
 from backends.errors import BackendError
+from backends.hot_swap import CurrentModels
 from backends.model_cache import ModelCache
 from backends.model_ref import model_version, resolve_model
-from backends.model_store import ModelStore
 from backends.yolo import YoloModel
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,6 @@ class DetectorFunction:
     task: str
     labels: tuple[LabelSpec, ...]
     version: str
-    store_key: str | None = None  # set for trained versions (served through hot-swap)
 
     kind = "detector"
 
@@ -98,20 +97,16 @@ def nuclio_config(function: CvatFunction, http_port: int | None = None) -> dict[
             "status": status}
 
 
-def _keypoint_count(model: YoloModel) -> int:
-    """Keypoints per object of a pose model (ultralytics keeps it on the torch module)."""
-    inner = getattr(getattr(model, "_model", None), "model", None)
-    shape = getattr(inner, "kpt_shape", None) or getattr(
-        getattr(inner, "yaml", None) or {}, "get", lambda *_: None)("kpt_shape")
-    return int(shape[0]) if shape else 0
-
-
 class Catalog:
-    """Lists the functions and loads their models (through the process-wide model cache)."""
+    """Lists the functions. Trained versions come from the store's versions as this process
+    serves them (hot-swapped); what a configured model offers is read once per model file, so
+    listing and invoking load nothing."""
 
-    def __init__(self, models: ModelCache[YoloModel], store: ModelStore):
+    def __init__(self, models: ModelCache[YoloModel], current: CurrentModels):
         self.models = models
-        self.store = store
+        self.current = current
+        self.store = current.store
+        self._described: dict[str, tuple[str, tuple[LabelSpec, ...]]] = {}
 
     def functions(self) -> list[CvatFunction]:
         out: list[CvatFunction] = []
@@ -125,15 +120,15 @@ class Catalog:
             if not config.store_key_wanted(key):
                 continue
             try:
-                current = self.store.current(key)
+                current = self.current.get(key)
                 if current is None:
                     continue
                 info = current.info()
                 task = str(info.get("task", "detect"))
                 source = info.get("trigger") or {}
                 count = int(info.get("keypoint_count") or 0)
-                if task == "pose" and not count:
-                    count = _keypoint_count(self.models.get(str(current.weights)))
+                if task == "pose" and not count:  # a version written before it was recorded
+                    count = self.models.get(str(current.weights)).keypoint_count
                 labels = model_labels(task, info.get("class_names") or [], count,
                                       info.get("keypoint_names") or source.get("keypoint_names"))
             except (OSError, ValueError, KeyError, BackendError) as exc:
@@ -141,7 +136,7 @@ class Catalog:
                 continue
             out.append(DetectorFunction(config.function_name(key), f"labelpilot {key}",
                                         str(current.weights), task, labels,
-                                        current.model_version, store_key=key))
+                                        current.model_version))
         sam = config.sam_ref()
         if sam:
             out.append(InteractorFunction(INTERACTOR_NAME, sam))
@@ -151,12 +146,16 @@ class Catalog:
 
     def _configured(self, configured: config.ConfiguredModel) -> DetectorFunction:
         weights = resolve_model(configured.ref)
-        model = self.models.get(weights)
-        labels = model_labels(model.task, model.class_names,
-                              _keypoint_count(model) if model.task == "pose" else 0)
+        version = model_version(configured.ref)  # changes when the file is replaced
+        if version not in self._described:
+            if len(self._described) >= 64:  # files replaced many times: start afresh
+                self._described.clear()
+            model = self.models.get(weights)
+            self._described[version] = (model.task, model_labels(
+                model.task, model.class_names, model.keypoint_count))
+        task, labels = self._described[version]
         return DetectorFunction(config.function_name(configured.name),
-                                f"labelpilot {configured.name}", weights, model.task, labels,
-                                model_version(configured.ref))
+                                f"labelpilot {configured.name}", weights, task, labels, version)
 
     def get(self, name: str) -> CvatFunction | None:
         return next((f for f in self.functions() if f.name == name), None)

@@ -18,7 +18,6 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Request, jsonify, request
-from pydantic import ValidationError
 
 from adapters.cvat import config, ports, tracker
 from adapters.cvat.catalog import (
@@ -32,7 +31,7 @@ from adapters.cvat.detector import Roi, detect, nuclio_shapes
 from adapters.cvat.interactor import load_interactor, mask_shape, prompt_from
 from adapters.cvat.payloads import DetectorRequest, InteractorRequest, PayloadError, TrackerRequest
 from adapters.cvat.webhook import handle_webhook
-from adapters.http_errors import ApiError, json_body, validation_message
+from adapters.http_errors import ApiError, json_body
 from backends.errors import BackendError, ModelLoadError, ModelNotFoundError
 from backends.hot_swap import CurrentModels
 from backends.model_cache import ModelCache
@@ -49,16 +48,9 @@ def is_cvat_request(req: Request) -> bool:
     return req.path.startswith(_OPEN_PREFIXES) or (req.method == "POST" and req.path == "/")
 
 
-def _parse(model: type[Any], body: Any) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(400, validation_message(exc)) from exc
-
-
 def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blueprint:
     bp = Blueprint("cvat", __name__)
-    catalog = Catalog(models, current.store)
+    catalog = Catalog(models, current)
 
     def listing() -> list[CvatFunction]:
         try:
@@ -73,9 +65,15 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
     def list_functions() -> Any:
         return {f.name: nuclio_config(f, port(f.name)) for f in listing()}
 
+    def find(name: str) -> CvatFunction | None:
+        try:
+            return catalog.get(name)
+        except config.ConfigError as exc:
+            raise ApiError(500, str(exc)) from exc
+
     @bp.get("/api/functions/<name>")
     def get_function(name: str) -> Any:
-        function = next((f for f in listing() if f.name == name), None)
+        function = find(name)
         if function is None:
             raise ApiError(404, f"no function '{name}' (GET /api/functions lists them)")
         return nuclio_config(function, port(name))
@@ -100,7 +98,7 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
         return invoke(name)
 
     def invoke(name: str) -> Any:
-        function = next((f for f in listing() if f.name == name), None)
+        function = find(name)
         if function is None:
             raise ApiError(404, f"no function '{name}' (GET /api/functions lists them)")
         body = json_body()
@@ -108,10 +106,10 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
             raise ApiError(400, "the request body must be a JSON object")
         try:
             if isinstance(function, DetectorFunction):
-                return jsonify(run_detector(function, _parse(DetectorRequest, body)))
+                return jsonify(run_detector(function, DetectorRequest.model_validate(body)))
             if isinstance(function, InteractorFunction):
-                return run_interactor(function, _parse(InteractorRequest, body))
-            return run_tracker(_parse(TrackerRequest, body))
+                return run_interactor(function, InteractorRequest.model_validate(body))
+            return run_tracker(TrackerRequest.model_validate(body))
         except (PayloadError, tracker.TrackingError, PromptError) as exc:
             raise ApiError(400, str(exc)) from exc
         except (ModelLoadError, ModelNotFoundError) as exc:
@@ -121,17 +119,13 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
 
     def run_detector(function: DetectorFunction, req: DetectorRequest) -> list[dict[str, Any]]:
         image = req.decoded_image()
-        weights = function.weights
-        if function.store_key:  # the version this process serves (swapped in the background)
-            served = current.get(function.store_key)
-            weights = str(served.weights) if served else weights
         roi = None
         if req.roi is not None:
             try:
                 roi = Roi.clipped(req.roi, image.shape[1], image.shape[0])
             except ValueError as exc:
                 raise PayloadError(str(exc)) from exc
-        return nuclio_shapes(detect(models.get(weights), image, req.threshold, roi),
+        return nuclio_shapes(detect(models.get(function.weights), image, req.threshold, roi),
                              function.labels)
 
     def run_interactor(function: InteractorFunction, req: InteractorRequest) -> dict[str, Any]:

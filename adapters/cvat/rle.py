@@ -2,7 +2,7 @@
 
 - Shape RLE (what CVAT stores for a ``mask`` shape and what interactors return): run lengths
   over the bounding-box crop, row-major, starting with a run of zeros, followed by the
-  inclusive box ``[x1, y1, x2, y2]``. Identical to ``cvat_sdk.masks.encode_mask``.
+  inclusive box ``[x1, y1, x2, y2]``: ``cvat_sdk.masks`` encodes and decodes it.
 - Detector bitmap (what nuclio detectors return in ``"mask"``): the crop's 0/1 values
   flattened row-major, followed by the same inclusive box; CVAT run-length encodes it itself.
 """
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import numpy as np
+from cvat_sdk import masks
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -21,22 +22,15 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def encode_shape_rle(mask: np.ndarray) -> list[int] | None:
-    """Bool H x W mask → CVAT shape RLE + inclusive box; None when the mask is empty."""
-    box = mask_box(mask)
-    if box is None:
+    """Bool H x W mask → CVAT shape RLE + inclusive box (cvat-sdk's encoder); None if empty."""
+    if not mask.any():
         return None
-    x1, y1, x2, y2 = box
-    flat = np.ascontiguousarray(mask[y1:y2 + 1, x1:x2 + 1], dtype=bool).ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], change, [flat.size]))
-    runs = np.diff(bounds).tolist()
-    if flat[0]:
-        runs.insert(0, 0)  # the encoding always starts with a (possibly empty) run of zeros
-    return [*runs, x1, y1, x2, y2]
+    return [int(v) for v in masks.encode_mask(np.asarray(mask, dtype=bool))]
 
 
 def decode_shape_rle(points: list[float] | list[int], width: int, height: int) -> np.ndarray:
-    """CVAT shape RLE + inclusive box → bool H x W mask; ValueError when inconsistent."""
+    """CVAT shape RLE + inclusive box → bool H x W mask (cvat-sdk's decoder), after checks
+    whose messages say what is wrong; ValueError when inconsistent."""
     if len(points) < 5:
         raise ValueError("a mask needs run lengths followed by [x1, y1, x2, y2]")
     values = [round(float(v)) for v in points]
@@ -48,11 +42,8 @@ def decode_shape_rle(points: list[float] | list[int], width: int, height: int) -
     crop_w, crop_h = x2 - x1 + 1, y2 - y1 + 1
     if sum(runs) != crop_w * crop_h:
         raise ValueError(f"mask runs cover {sum(runs)} pixels, the box has {crop_w * crop_h}")
-    values_01 = (np.arange(len(runs)) % 2).astype(bool)
-    crop = np.repeat(values_01, runs).reshape(crop_h, crop_w)
-    full = np.zeros((height, width), dtype=bool)
-    full[y1:y2 + 1, x1:x2 + 1] = crop
-    return full
+    return np.asarray(masks.decode_mask(values, image_width=width, image_height=height),
+                      dtype=bool)
 
 
 def encode_detector_bitmap(mask: np.ndarray) -> list[int] | None:

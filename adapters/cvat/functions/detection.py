@@ -128,11 +128,10 @@ def create(model: str, conf: float | None = None, score_attribute: bool = False,
            device: str = "") -> YoloDetectionFunction:
     """The factory cvat-cli calls with the ``-p`` parameters."""
     configure_ultralytics()
-    from adapters.cvat.catalog import _keypoint_count
 
     loaded = YoloModel(resolve_model(model), device=device or None)
     labels = model_labels(loaded.task, loaded.class_names,
-                          _keypoint_count(loaded) if loaded.task == "pose" else 0)
+                          loaded.keypoint_count)
     spec = cvataa.DetectionFunctionSpec(labels=[sdk_label(label, score_attribute)
                                                 for label in labels])
     return YoloDetectionFunction(loaded, labels, spec, conf, score_attribute)
