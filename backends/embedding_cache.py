@@ -40,16 +40,6 @@ class EmbeddingCache(Generic[V]):
         self._bytes = 0
         self._hits = self._misses = self._computes = self._evictions = 0
 
-    def get(self, key: Hashable) -> V | None:
-        """The cached value (counts as a hit and refreshes it), else None (no miss counted)."""
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            self._items.move_to_end(key)
-            self._hits += 1
-            return item[0]
-
     def get_or_compute(self, key: Hashable, compute: Callable[[], V]) -> tuple[V, bool]:
         """(value, hit). On a miss, exactly one caller runs `compute`; errors reach every waiter
         and are not cached."""
@@ -82,11 +72,11 @@ class EmbeddingCache(Generic[V]):
 
     def _store(self, key: Hashable, value: V) -> None:
         size = int(self._size_of(value))
-        if size > self.max_bytes:
-            return  # larger than the whole cache: hand it out, keep nothing
         old = self._items.pop(key, None)
         if old is not None:
             self._bytes -= old[1]
+        if size > self.max_bytes:
+            return  # larger than the whole cache: hand it out, keep nothing
         self._items[key] = (value, size)
         self._bytes += size
         while self._bytes > self.max_bytes and self._items:
@@ -102,8 +92,3 @@ class EmbeddingCache(Generic[V]):
         with self._lock:
             return CacheStats(self._hits, self._misses, self._computes, self._evictions,
                               len(self._items), self._bytes, self.max_bytes)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0

@@ -69,9 +69,7 @@ class CurrentModels:
             time.sleep(self._poll)
 
     def _listen(self) -> None:
-        from labelpilot.redis_conn import get_redis
-
-        pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+        pubsub = self.store.redis().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(UPDATES_CHANNEL)
         try:
             while True:

@@ -22,6 +22,13 @@ def downloads_allowed() -> bool:
         "0", "false", "no")
 
 
+def local_candidates(ref: str, base_dir: Path | None = None) -> list[Path]:
+    """Where a model file named `ref` may be: itself if absolute, else under MODEL_DIR or the
+    working directory (in that order)."""
+    path = Path(ref).expanduser()
+    return [path] if path.is_absolute() else [(base_dir or model_dir()) / path, Path.cwd() / path]
+
+
 def resolve_model(ref: str, base_dir: Path | None = None) -> str:
     """A local path when the file exists (absolute, under MODEL_DIR, or relative to the cwd).
 
@@ -31,7 +38,7 @@ def resolve_model(ref: str, base_dir: Path | None = None) -> str:
     """
     base = base_dir or model_dir()
     path = Path(ref).expanduser()
-    candidates = [path] if path.is_absolute() else [base / path, Path.cwd() / path]
+    candidates = local_candidates(ref, base)
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate.resolve())

@@ -55,7 +55,8 @@ class ModelStore:
         self.root = root or model_dir() / "store"
         self._redis_factory = redis_factory
 
-    def _redis(self) -> redis.Redis:
+    def redis(self) -> redis.Redis:
+        """The Redis holding the pointers and the updates channel."""
         if self._redis_factory is not None:
             return self._redis_factory()
         from labelpilot.redis_conn import get_redis
@@ -76,8 +77,7 @@ class ModelStore:
             raise KeyError(f"no version {version} of model '{key}' in {self.root}")
         return candidate
 
-    def write_version(self, key: str, weights: Path, info: Mapping[str, Any],
-                      extra_files: Mapping[str, Path] | None = None) -> ModelVersion:
+    def write_version(self, key: str, weights: Path, info: Mapping[str, Any]) -> ModelVersion:
         """Copy weights and metadata into the next version number, atomically."""
         directory = self.root / key
         directory.mkdir(parents=True, exist_ok=True)
@@ -85,8 +85,6 @@ class ModelStore:
         staging.mkdir()
         try:
             shutil.copyfile(weights, staging / "weights.pt")
-            for name, source in (extra_files or {}).items():
-                shutil.copyfile(source, staging / name)
             while True:
                 existing = [int(v.version[1:]) for v in self.versions(key)]
                 number = max(existing, default=0) + 1
@@ -107,7 +105,7 @@ class ModelStore:
         that lost its data: promotion writes both)."""
         version: str | None = None
         try:
-            raw = self._redis().get(_POINTER.format(key))
+            raw = self.redis().get(_POINTER.format(key))
             version = raw.decode() if isinstance(raw, bytes) else raw
         except redis.RedisError:
             pass
@@ -129,7 +127,7 @@ class ModelStore:
         tmp = pointer.with_name(f".CURRENT-{uuid.uuid4().hex}")
         tmp.write_text(version)
         os.replace(tmp, pointer)
-        client = self._redis()
+        client = self.redis()
         client.set(_POINTER.format(key), version)
         client.rpush(f"labelpilot:model:{key}:history", json.dumps(
             {"version": version, "by": by, "at": time.time()}))
@@ -147,7 +145,7 @@ class ModelStore:
         return self.promote(key, previous[-1], by=by)
 
     def history(self, key: str) -> list[dict[str, Any]]:
-        raw = self._redis().lrange(f"labelpilot:model:{key}:history", 0, -1)
+        raw = self.redis().lrange(f"labelpilot:model:{key}:history", 0, -1)
         return [json.loads(r) for r in raw]
 
     def model_keys(self) -> list[str]:

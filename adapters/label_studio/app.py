@@ -15,7 +15,7 @@ from redis.exceptions import LockError
 from adapters.admin import admin_blueprint
 from adapters.cvat.facade import cvat_blueprint, is_cvat_request
 from adapters.http_errors import ApiError, install_error_handlers, json_body
-from adapters.label_studio.config import ConfigError, ServingPlan, parse_label_config
+from adapters.label_studio.config import ConfigError, ControlSpec, ServingPlan, parse_label_config
 from adapters.label_studio.connections import Connections, ProjectConnection
 from adapters.label_studio.interactive import (
     ClickAnswer,
@@ -32,7 +32,7 @@ from adapters.label_studio.payloads import (
     WebhookEvent,
     project_id,
 )
-from adapters.label_studio.predictor import Predictor
+from adapters.label_studio.predictor import ModelChoice, Predictor
 from adapters.label_studio.sam_config import SamSetup, batch_plan, sam_setups
 from adapters.label_studio.training import on_training_event
 from adapters.label_studio.webhook import record_training_event
@@ -111,22 +111,22 @@ def create_app(predictor: Predictor | None = None) -> Flask:
                 "models_loaded": predictor.models.loaded(), "sam": sam_health()}
 
     def _serving(config: str | None, pid: int | None
-                 ) -> tuple[ServingPlan, dict[str, SamSetup], str]:
-        """What batch /predict serves, the SAM setups, and the project's model_version."""
+                 ) -> tuple[ServingPlan, dict[str, SamSetup], str, dict[ControlSpec, ModelChoice]]:
+        """What batch /predict serves, the SAM setups, the project's model_version and the
+        models picked for it (picked once per request)."""
         setups = sam_setups(config or "")
         plan = _plan(config)
-        if not setups:
-            return plan, setups, predictor.version(plan, pid)
-        plan = batch_plan(plan, setups)
-        parts = {sam_version(s) for s in setups.values()}
-        if plan.controls:
-            parts |= set(predictor.version(plan, pid).split("+"))
-        return plan, setups, "+".join(sorted(parts))
+        if setups:
+            plan = batch_plan(plan, setups)
+        choices = predictor.choices(plan, pid)
+        parts = {choice.version for choice in choices.values()}
+        parts |= {sam_version(s) for s in setups.values()}
+        return plan, setups, "+".join(sorted(parts)), choices
 
     @app.post("/setup")
     def setup() -> Any:
         req = SetupRequest.model_validate(json_body())
-        _, _, version = _serving(req.schema_, req.project_id)
+        _, _, version, _ = _serving(req.schema_, req.project_id)
         connections.remember(req.project_id, ProjectConnection(req.hostname, req.access_token,
                                                                req.schema_))
         return {"model_version": version}
@@ -136,7 +136,7 @@ def create_app(predictor: Predictor | None = None) -> Flask:
         req = PredictRequest.model_validate(json_body())
         pid = req.project_id
         config = req.label_config or connections.get(pid).label_config
-        plan, setups, version = _serving(config, pid)
+        plan, setups, version, choices = _serving(config, pid)
         context = req.params.context.result if req.params and req.params.context else []
         if context:
             if not setups:
@@ -156,7 +156,8 @@ def create_app(predictor: Predictor | None = None) -> Flask:
             if not plan.controls:  # entries without "result" store nothing in LS
                 return {"results": [{"model_version": version} for _ in req.tasks]}
         try:
-            results = predictor.predict(req.tasks, plan, connections.image_source(pid), pid)
+            results = predictor.predict(req.tasks, plan, connections.image_source(pid), pid,
+                                        choices)
             for result in results:
                 result["model_version"] = version
         except ModelLoadError as exc:

@@ -95,14 +95,24 @@ class Predictor:
             hint = (" — or label tasks and press Start training to train one" if key else "")
             return ModelChoice(None, f"untrained-{control.name}", f"{exc}{hint}")
 
-    def version(self, plan: ServingPlan, project_id: int | None) -> str:
+    def choices(self, plan: ServingPlan, project_id: int | None
+                ) -> dict[ControlSpec, ModelChoice]:
+        return {c: self.choice(c, project_id) for c in plan.controls}
+
+    @staticmethod
+    def version_of(choices: dict[ControlSpec, ModelChoice]) -> str:
         """The model_version for a project: the same string from /setup and on predictions."""
-        return "+".join(sorted({self.choice(c, project_id).version for c in plan.controls}))
+        return "+".join(sorted({choice.version for choice in choices.values()}))
+
+    def version(self, plan: ServingPlan, project_id: int | None) -> str:
+        return self.version_of(self.choices(plan, project_id))
 
     def predict(self, tasks: Sequence[Task], plan: ServingPlan, source: ImageSource,
-                project_id: int | None = None) -> list[dict[str, Any]]:
-        choices = {c: self.choice(c, project_id) for c in plan.controls}
-        version = "+".join(sorted({choice.version for choice in choices.values()}))
+                project_id: int | None = None,
+                choices: dict[ControlSpec, ModelChoice] | None = None) -> list[dict[str, Any]]:
+        """`choices`: the models picked for this request already (else picked here)."""
+        choices = choices if choices is not None else self.choices(plan, project_id)
+        version = self.version_of(choices)
         groups: dict[str, list[ControlSpec]] = {}
         for control, choice in choices.items():
             if choice.weights is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from backends.errors import BackendError, ModelNotFoundError
-from backends.model_ref import downloads_allowed, model_dir, model_version
+from backends.model_ref import downloads_allowed, local_candidates, model_dir, model_version
 
 SamKind = Literal["mobile_sam", "vit_b", "vit_l", "vit_h"]
 KINDS: tuple[SamKind, ...] = ("mobile_sam", "vit_b", "vit_l", "vit_h")
@@ -71,7 +71,7 @@ def parse_sam_ref(ref: str | None = None) -> SamSpec:
     prefix, sep, rest = text.partition(":")
     if sep and prefix in KINDS:
         return SamSpec(cast(SamKind, prefix), _find_checkpoint(rest))
-    if text in DOWNLOADABLE and not any(c.is_file() for c in _candidates(text)) \
+    if text in DOWNLOADABLE and not any(c.is_file() for c in local_candidates(text)) \
             and downloads_allowed():
         return SamSpec(DOWNLOADABLE[text], model_dir() / text)  # downloaded when loaded
     path = _find_checkpoint(text)
@@ -84,14 +84,9 @@ def _check_kind(kind: str, ref: str) -> SamKind:
     return cast(SamKind, kind)
 
 
-def _candidates(ref: str) -> list[Path]:
-    path = Path(ref).expanduser()
-    return [path] if path.is_absolute() else [model_dir() / path, Path.cwd() / path]
-
-
 def _find_checkpoint(ref: str) -> Path:
     base = model_dir()
-    candidates = _candidates(ref)
+    candidates = local_candidates(ref)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
