@@ -22,6 +22,18 @@ def chosen_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     return usable[-1]
 
 
+def ls_rectangle(x: float, y: float, w: float, h: float, rotation: float, width: int,
+                 height: int) -> BBox | RotatedBox:
+    """An LS rectangle (percent; rotated in degrees about its top-left corner) in pixels."""
+    x, y, w, h = x * width / 100, y * height / 100, w * width / 100, h * height / 100
+    angle = math.radians(rotation)
+    if abs(angle) < 1e-9:
+        return BBox(x, y, x + w, y + h)
+    cx = x + (w / 2) * math.cos(angle) - (h / 2) * math.sin(angle)
+    cy = y + (w / 2) * math.sin(angle) + (h / 2) * math.cos(angle)
+    return RotatedBox(cx, cy, w, h, angle)
+
+
 def region_instance(region: dict[str, Any], control: ControlSpec, width: int,
                     height: int) -> Instance | None:
     """One LS region of `control` → Instance, or None if it is not a labelled shape of it."""
@@ -33,14 +45,11 @@ def region_instance(region: dict[str, Any], control: ControlSpec, width: int,
         return None
     label = labels[0]
     if control.kind in ("rectangle", "obb"):
-        x, y = value["x"] * width / 100, value["y"] * height / 100
-        w, h = value["width"] * width / 100, value["height"] * height / 100
-        angle = math.radians(float(value.get("rotation") or 0))
-        if abs(angle) < 1e-9:
-            return Instance(label, 1.0, box=BBox(x, y, x + w, y + h))
-        cx = x + (w / 2) * math.cos(angle) - (h / 2) * math.sin(angle)
-        cy = y + (w / 2) * math.sin(angle) + (h / 2) * math.cos(angle)
-        return Instance(label, 1.0, rotated=RotatedBox(cx, cy, w, h, angle))
+        shape = ls_rectangle(value["x"], value["y"], value["width"], value["height"],
+                             float(value.get("rotation") or 0), width, height)
+        if isinstance(shape, BBox):
+            return Instance(label, 1.0, box=shape)
+        return Instance(label, 1.0, rotated=shape)
     if control.kind == "polygon":
         points = tuple((px * width / 100, py * height / 100) for px, py in value["points"])
         return Instance(label, 1.0, polygon=points)

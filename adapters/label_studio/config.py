@@ -119,7 +119,8 @@ def parse_label_config(config: str) -> ServingPlan:
     return ServingPlan(tuple(controls), tuple(ignored))
 
 
-def _truthy(value: object) -> bool:
+def truthy(value: object) -> bool:
+    """A boolean attribute of a label config tag ("true", "1", "yes")."""
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
@@ -133,9 +134,9 @@ def _control_spec(control: object) -> ControlSpec | str:
     images = [o for o in getattr(control, "objects", []) if o.tag == "Image"]
     if not images:
         return f"{tag} '{name}' is not attached to an Image"
-    if _truthy(attrs.get("smart", "")) and "model_path" not in attrs:
+    if truthy(attrs.get("smart", "")) and "model_path" not in attrs:
         return f"{tag} '{name}' is a smart (interactive prompt) control"
-    if kind == "rectangle" and _truthy(attrs.get("model_obb", "")):
+    if kind == "rectangle" and truthy(attrs.get("model_obb", "")):
         kind = "obb"
     labels = tuple(getattr(control, "labels", ()) or ())
     label_attrs = getattr(control, "labels_attrs", {}) or {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import requests
@@ -78,6 +79,23 @@ class ImageSource:
                 f"host '{_host(url)}' is not allowed; add it to LABELPILOT_ALLOWED_HOSTS "
                 f"(allowed now: {', '.join(sorted(self._hosts)) or 'none'})")
         return self._download(url)
+
+    def api_json(self, path: str, **params: Any) -> Any:
+        """A Label Studio API call (`path` like /api/projects/3) with the project's token."""
+        if not self.ls_url:
+            raise RuntimeError("Label Studio's address is unknown: set LABEL_STUDIO_URL and "
+                               "LABEL_STUDIO_API_KEY for the worker (or connect the backend "
+                               "first)")
+        url = f"{self.ls_url}{path}"
+        try:
+            headers = self._headers_for(url)
+        except ImageSourceError as exc:  # the token could not be refreshed
+            raise RuntimeError(str(exc)) from exc
+        response = self.session.get(url, params=params, headers=headers, timeout=300)
+        if response.status_code != 200:
+            raise RuntimeError(f"Label Studio answered {response.status_code} for {path}: "
+                               f"{response.text[:200]}")
+        return response.json()
 
     def _fetch_cloud(self, uri: str, task_id: int | None) -> bytes:
         if not self.ls_url or task_id is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import threading
 import time
@@ -23,13 +22,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from adapters.http_errors import ApiError
+from adapters.label_studio.annotations import ls_rectangle
 from adapters.label_studio.image_source import ImageSource, ImageSourceError
 from adapters.label_studio.payloads import ContextRegion, Task
-from adapters.label_studio.results import region_id
+from adapters.label_studio.results import brush_value, polygon_value, region_id
 from adapters.label_studio.sam_config import SamSetup, SamTarget
 from backends.embedding_cache import EmbeddingCache
 from backends.errors import BackendError, ModelLoadError
-from backends.geometry import mask_to_polygon
+from backends.geometry import mask_to_polygon, rotated_corners
 from backends.images import ImageError, decode_image
 from backends.interactive import MaskResult, PointPrompt, Prompt
 from backends.sam import (
@@ -78,13 +78,13 @@ def _label(region: ContextRegion) -> str | None:
 
 
 def _rectangle_bbox(value: _RectangleValue, width: int, height: int) -> BBox:
-    """LS rectangles rotate about their top-left corner; SAM gets the upright bounds."""
-    x, y = value.x * width / 100, value.y * height / 100
-    w, h = value.width * width / 100, value.height * height / 100
-    angle = math.radians(value.rotation)
-    cos, sin = math.cos(angle), math.sin(angle)
-    xs = [x + dx * cos - dy * sin for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-    ys = [y + dx * sin + dy * cos for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
+    """SAM takes an upright box: the bounds of the (maybe rotated) LS rectangle."""
+    shape = ls_rectangle(value.x, value.y, value.width, value.height, value.rotation, width,
+                         height)
+    if isinstance(shape, BBox):
+        return shape
+    corners = rotated_corners(shape)
+    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
     return BBox(min(xs), min(ys), max(xs), max(ys))
 
 
@@ -128,16 +128,12 @@ def mask_region(mask: MaskResult, target: SamTarget, label: str, to_name: str,
         "image_rotation": 0, "score": round(mask.score, 4), "readonly": False,
     }
     if target.kind == "brush":
-        from label_studio_sdk.converter.brush import mask2rle
-
-        rle = mask2rle(mask.mask.astype(np.uint8) * 255)
-        region["value"] = {"format": "rle", "rle": rle, "brushlabels": [label]}
+        region["value"] = brush_value(mask.mask, label)
         return region
     points = mask_to_polygon(mask.mask, POLYGON_TOLERANCE)
     if len(points) < 3:
         raise ValueError("the mask is too small for a polygon")
-    region["value"] = {"points": [[100 * x / width, 100 * y / height] for x, y in points],
-                       "closed": True, "polygonlabels": [label]}
+    region["value"] = polygon_value(points, width, height, label)
     return region
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,24 +53,34 @@ def _rectangle(control: ControlSpec, p: Prediction, i: Instance, label: str) -> 
     return [{**_base(control, p, i.score), "value": value}]
 
 
+def polygon_value(points: Sequence[tuple[float, float]], width: int, height: int,
+                  label: str) -> dict[str, Any]:
+    """LS polygon value: points in percent of the image."""
+    pts = [[100 * x / width, 100 * y / height] for x, y in points]
+    return {"points": pts, "closed": True, "polygonlabels": [label]}
+
+
+def brush_value(mask: np.ndarray, label: str) -> dict[str, Any]:
+    """LS brush value: label-studio-sdk's RLE of a bool H x W mask."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    return {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255),
+            "brushlabels": [label]}
+
+
 def _polygon(control: ControlSpec, p: Prediction, i: Instance, label: str) -> list[dict]:
     points = list(i.polygon or ()) or (mask_to_polygon(i.mask) if i.mask is not None else [])
     if len(points) < 3:
         return []
-    pts = [[100 * x / p.width, 100 * y / p.height] for x, y in points]
     return [{**_base(control, p, i.score),
-             "value": {"points": pts, "closed": True, "polygonlabels": [label]}}]
+             "value": polygon_value(points, p.width, p.height, label)}]
 
 
 def _brush(control: ControlSpec, p: Prediction, i: Instance, label: str) -> list[dict]:
-    from label_studio_sdk.converter.brush import mask2rle
-
     mask = instance_mask(i, p.width, p.height)
     if not mask.any():
         return []
-    rle = mask2rle(mask.astype(np.uint8) * 255)
-    return [{**_base(control, p, i.score),
-             "value": {"format": "rle", "rle": rle, "brushlabels": [label]}}]
+    return [{**_base(control, p, i.score), "value": brush_value(mask, label)}]
 
 
 def _keypoints(control: ControlSpec, p: Prediction, i: Instance, _label: str) -> list[dict]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from adapters.label_studio.config import ServingPlan
+from adapters.label_studio.config import ServingPlan, truthy
 
 PROMPT_TAGS = {"KeyPointLabels": "keypointlabels", "RectangleLabels": "rectanglelabels"}
 TARGET_TAGS: dict[str, Literal["brush", "polygon"]] = {"BrushLabels": "brush",
@@ -62,10 +62,6 @@ class SamSetup:
                          "Brush/PolygonLabels the same label names")
 
 
-def _truthy(value: object) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes")
-
-
 @lru_cache(maxsize=64)
 def sam_setups(config: str) -> dict[str, SamSetup]:
     """Interactive SAM setups of a config, by image name (empty when there are none)."""
@@ -91,7 +87,7 @@ def sam_setups(config: str) -> dict[str, SamSetup]:
         keys[image.name] = str(getattr(image, "value", "") or "").lstrip("$")
         if attrs.get(SAM_ATTRIBUTE):
             refs.setdefault(image.name, attrs[SAM_ATTRIBUTE].strip())
-        if tag in PROMPT_TAGS and _truthy(attrs.get("smart", "")):
+        if tag in PROMPT_TAGS and truthy(attrs.get("smart", "")):
             prompts.setdefault(image.name, []).append(control.name)
         elif tag in TARGET_TAGS:
             targets.setdefault(image.name, []).append(SamTarget(

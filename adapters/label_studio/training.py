@@ -109,19 +109,6 @@ def on_training_event(event: WebhookEvent) -> queue.Enqueued | None:
                                   {"project_id": project, "trigger": trigger}, trigger)
 
 
-def _ls_get(source: ImageSource, path: str, **params: Any) -> Any:
-    if not source.ls_url:
-        raise RuntimeError("Label Studio's address is unknown: set LABEL_STUDIO_URL and "
-                           "LABEL_STUDIO_API_KEY for the worker (or connect the backend first)")
-    headers = source.auth.header() if source.auth else {}
-    response = source.session.get(f"{source.ls_url}{path}", params=params, headers=headers,
-                                  timeout=300)
-    if response.status_code != 200:
-        raise RuntimeError(f"Label Studio answered {response.status_code} for {path}: "
-                           f"{response.text[:200]}")
-    return response.json()
-
-
 def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: ControlSpec,
                     source: ImageSource, directory: Path) -> list[Sample]:
     samples: list[Sample] = []
@@ -158,12 +145,12 @@ def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dic
     queue_key = f"ls-{project_id}"
     with running_job(connection, queue_key) as progress:
         source = Connections().image_source(project_id)
-        project = _ls_get(source, f"/api/projects/{project_id}")
+        project = source.api_json(f"/api/projects/{project_id}")
         plan = parse_label_config(project["label_config"])
         control = trainable_control(plan)
         key = store_key(project_id, control)
         assert key is not None
-        tasks = _ls_get(source, f"/api/projects/{project_id}/export", exportType="JSON",
+        tasks = source.api_json(f"/api/projects/{project_id}/export", exportType="JSON",
                         download_all_tasks="false")
         params = load_params(connection, queue_key)
         store = ModelStore()
