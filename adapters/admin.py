@@ -11,12 +11,12 @@ import os
 from typing import Any
 
 from flask import Blueprint, request
+from labelpilot.adapters.http_errors import ApiError
+from labelpilot.backends.model_store import ModelStore
+from labelpilot.trainers import queue
+from labelpilot.trainers.settings import load_params, save_params
 
-from adapters.http_errors import ApiError
-from backends.model_store import ModelStore
 from labelpilot.redis_conn import get_redis
-from trainers import queue
-from trainers.settings import load_params, save_params
 
 
 def _require_admin() -> None:

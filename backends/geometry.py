@@ -6,8 +6,7 @@ import math
 
 import cv2
 import numpy as np
-
-from backends.shapes import Instance, RotatedBox
+from labelpilot.backends.shapes import Instance, RotatedBox
 
 
 def rotated_corners(box: RotatedBox) -> list[tuple[float, float]]:

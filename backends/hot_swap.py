@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable
 
 import redis
-
-from backends.model_store import UPDATES_CHANNEL, ModelStore, ModelVersion
+from labelpilot.backends.model_store import UPDATES_CHANNEL, ModelStore, ModelVersion
 
 log = logging.getLogger(__name__)
 

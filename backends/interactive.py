@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-
-from backends.shapes import BBox
+from labelpilot.backends.shapes import BBox
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,5 +49,6 @@ class Interactor(Protocol):
     def model_version(self) -> str: ...
 
     def segment(self, image: np.ndarray, prompt: Prompt) -> MaskResult:
-        """`image` is BGR uint8 H x W x 3 as `backends.images.decode_image` returns it."""
+        """`image` is BGR uint8 H x W x 3 as `backends.images.decode_image`
+        returns it."""
         ...

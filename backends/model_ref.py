@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from backends.errors import ModelNotFoundError
+from labelpilot.backends.errors import ModelNotFoundError
 
 _WEIGHT_SUFFIXES = (".pt", ".onnx", ".torchscript", ".engine", ".yaml", ".yml")
 

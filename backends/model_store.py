@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
-from backends.model_ref import model_dir
+from labelpilot.backends.model_ref import model_dir
 
 log = logging.getLogger(__name__)
 UPDATES_CHANNEL = "labelpilot:model-updates"

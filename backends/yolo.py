@@ -9,11 +9,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
-from backends.device import default_device
-from backends.errors import ModelLoadError
-from backends.offline import import_ultralytics
-from backends.shapes import BBox, ClassScore, Instance, Keypoint, Prediction, RotatedBox
+from labelpilot.backends.device import default_device
+from labelpilot.backends.errors import ModelLoadError
+from labelpilot.backends.offline import import_ultralytics
+from labelpilot.backends.shapes import BBox, ClassScore, Instance, Keypoint, Prediction, RotatedBox
 
 log = logging.getLogger(__name__)
 

@@ -48,21 +48,20 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
 def configure_offline() -> None:
     """Pin the thread count and keep ultralytics offline; call before importing it."""
     os.environ["OMP_NUM_THREADS"] = OMP_THREADS
-    from backends.offline import configure_ultralytics
+    from labelpilot.backends.offline import configure_ultralytics
 
     configure_ultralytics(REPO / ".ultralytics")
 
 
 def default_model() -> Path:
-    from trainers.shapes_model import ensure_shapes_model
+    from labelpilot.trainers.shapes_model import ensure_shapes_model
 
     return ensure_shapes_model(REPO / ".cache" / "models")
 
 
 def make_images(directory: Path, count: int, size: int, seed: int = 0) -> list[Path]:
     import cv2
-
-    from trainers.synthetic import make_image
+    from labelpilot.trainers.synthetic import make_image
 
     rng = random.Random(seed)
     paths = []

@@ -4,12 +4,14 @@
                                              [--out docs/learning_curve.png] [--work-dir DIR]
 
 A pool of generated shape images stands in for unlabelled Label Studio tasks; their exact
-ground truth (`trainers.synthetic.make_image`) stands in for the annotator. For every budget k
+ground truth (`labelpilot.trainers.synthetic.make_image`) stands in for the annotator. For every
+budget k
 each strategy picks k pool images once, from the weak start model (one-shot, like a first
 round of labelling):
 
 - "uncertainty": the start model predicts the pool and each image gets the score Label Studio
-  sorts by (`adapters.label_studio.results.task_score` on the regions `control_results` builds
+  sorts by (`labelpilot.adapters.label_studio.results.task_score` on the regions
+  `control_results` builds
   for `label_config/detection_shapes.xml`); the k highest scores are labelled;
 - "random": the pool shuffled with a fixed seed, first k.
 
@@ -99,7 +101,7 @@ def log(message: str) -> None:
 def configure_offline() -> None:
     """Pin the thread count and keep ultralytics offline; call before importing it."""
     os.environ["OMP_NUM_THREADS"] = OMP_THREADS
-    from backends.offline import configure_ultralytics
+    from labelpilot.backends.offline import configure_ultralytics
 
     configure_ultralytics(REPO / ".ultralytics")
 
@@ -150,7 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 def label_lines(image: Any, size: int) -> list[str]:
     """YOLO detect label lines of a `ShapeImage` (same format as `write_detection_dataset`)."""
-    from trainers.synthetic import CLASSES
+    from labelpilot.trainers.synthetic import CLASSES
 
     return [
         f"{CLASSES.index(b.class_name)} {(b.x1 + b.x2) / 2 / size:.6f} "
@@ -161,7 +163,7 @@ def label_lines(image: Any, size: int) -> list[str]:
 
 
 def generate(count: int, size: int, seed: int) -> list[Any]:
-    from trainers.synthetic import make_image
+    from labelpilot.trainers.synthetic import make_image
 
     rng = random.Random(seed)
     return [make_image(rng, size) for _ in range(count)]
@@ -185,7 +187,7 @@ def write_split(root: Path, split: str, images: Sequence[Any], size: int) -> lis
 
 
 def write_yaml(path: Path, root: Path, train: str, val: str) -> Path:
-    from trainers.synthetic import CLASSES
+    from labelpilot.trainers.synthetic import CLASSES
 
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
     path.write_text(f"path: {root.resolve()}\ntrain: {train}\nval: {val}\nnames:\n{names}\n")
@@ -197,9 +199,9 @@ def write_yaml(path: Path, root: Path, train: str, val: str) -> Path:
 
 def task_scores(weights: Path, images: Sequence[Any]) -> list[float]:
     """Each image's score exactly as the backend returns it to Label Studio."""
-    from adapters.label_studio.config import parse_label_config
-    from adapters.label_studio.results import control_results, task_score
-    from backends.yolo import YoloModel
+    from labelpilot.adapters.label_studio.config import parse_label_config
+    from labelpilot.adapters.label_studio.results import control_results, task_score
+    from labelpilot.backends.yolo import YoloModel
 
     control = parse_label_config(LABEL_CONFIG.read_text()).controls[0]
     model = YoloModel(str(weights), device="cpu")
@@ -222,8 +224,8 @@ def random_order(count: int, seed: int) -> list[int]:
 
 
 def evaluate(weights: Path, holdout_yaml: Path, imgsz: int) -> Metrics:
-    from trainers.synthetic import CLASSES
-    from trainers.yolo_train import evaluate_yolo
+    from labelpilot.trainers.synthetic import CLASSES
+    from labelpilot.trainers.yolo_train import evaluate_yolo
 
     values = evaluate_yolo(
         str(weights), holdout_yaml, imgsz=imgsz, task="detect", class_names=CLASSES
@@ -235,7 +237,7 @@ def evaluate(weights: Path, holdout_yaml: Path, imgsz: int) -> Metrics:
 
 def fine_tune(setup: Setup, selected: Sequence[int], name: str) -> Path:
     """Fine-tune the start model on the selected pool images; val = the separate val split."""
-    from trainers.yolo_train import train_yolo
+    from labelpilot.trainers.yolo_train import train_yolo
 
     cfg, root = setup.cfg, setup.root
     listing = root / f"{name}.txt"
@@ -358,7 +360,7 @@ def write_json(setup: Setup, start: Metrics, runs: Sequence[Run], seconds: float
 
 def prepare(cfg: Config, root: Path) -> Setup:
     """Generate pool / val / holdout, score the pool with the start model."""
-    from trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
+    from labelpilot.trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
 
     start = ensure_shapes_model(REPO / ".cache" / "models", WEAK_RECIPE)
     pool = generate(cfg.pool, cfg.size, cfg.pool_seed)

@@ -89,10 +89,9 @@ def bench_in_process(kind: str, photo: Path, clicks: int) -> dict[str, Any]:
     import cv2
     import numpy as np
     from label_studio_sdk.converter.brush import mask2rle
-
-    from backends.embedding_cache import EmbeddingCache
-    from backends.interactive import PointPrompt, Prompt
-    from backends.sam import SamInteractor, parse_sam_ref
+    from labelpilot.backends.embedding_cache import EmbeddingCache
+    from labelpilot.backends.interactive import PointPrompt, Prompt
+    from labelpilot.backends.sam import SamInteractor, parse_sam_ref
 
     started = time.perf_counter()
     sam = SamInteractor.load(parse_sam_ref(f"random:{kind}"), device="cpu",

@@ -78,8 +78,8 @@ def bench_redis() -> redis.Redis:
 
 def fill_store(store_root: Path, connection: redis.Redis) -> None:
     """v1 = weak model (promoted), v2 = good model, under `KEY`."""
-    from backends.model_store import ModelStore
-    from trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
+    from labelpilot.backends.model_store import ModelStore
+    from labelpilot.trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
 
     store = ModelStore(root=store_root, redis_factory=lambda: connection)
     weak = ensure_shapes_model(REPO / ".cache" / "models", WEAK_RECIPE)
@@ -90,7 +90,7 @@ def fill_store(store_root: Path, connection: redis.Redis) -> None:
 
 
 def store_for(store_root: Path, connection: redis.Redis) -> Any:
-    from backends.model_store import ModelStore
+    from labelpilot.backends.model_store import ModelStore
 
     return ModelStore(root=store_root, redis_factory=lambda: connection)
 

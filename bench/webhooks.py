@@ -13,7 +13,8 @@ new connection as Label Studio does:
    START_TRAINING events must queue exactly one deferred follow-up.
 
 Jobs are counted in RQ (queue `labelpilot`, its registries and the key's pointers, via
-`trainers.queue.jobs`); "coalesced" is the growth of the jobs' coalesced counters over the burst.
+`labelpilot.trainers.queue.jobs`);
+"coalesced" is the growth of the jobs' coalesced counters over the burst.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def warm_up(url: str, clients: int) -> None:
 
 def job_meta(connection: redis.Redis, project: int) -> dict[str, dict[str, Any]]:
     """Training jobs of project `project` (queued, deferred, started, ...) by id."""
-    from trainers.queue import jobs
+    from labelpilot.trainers.queue import jobs
 
     return {j["id"]: j for j in jobs(connection, f"ls-{project}", limit=10_000)}
 
@@ -160,10 +161,9 @@ def coalesced(jobs: dict[str, dict[str, Any]]) -> int:
 
 def mark_running(connection: redis.Redis, project: int, job_id: str) -> None:
     """What an RQ worker does when it picks the job up (as tests/test_training_queue.py)."""
+    from labelpilot.trainers import queue
     from rq import Queue
     from rq.job import Job, JobStatus
-
-    from trainers import queue
 
     job = Job.fetch(job_id, connection=connection)
     Queue(queue.QUEUE_NAME, connection=connection).remove(job)
@@ -175,7 +175,7 @@ def mark_running(connection: redis.Redis, project: int, job_id: str) -> None:
 def heartbeats(connection: redis.Redis, project: int, job_id: str) -> Iterator[None]:
     """Keep the simulated job alive, as `train_project` does, where the queue has heartbeats
     (else a long burst would see it reaped as dead)."""
-    from trainers import queue
+    from labelpilot.trainers import queue
 
     beat: Callable[..., None] | None = getattr(queue, "heartbeat", None)
     period = float(getattr(queue, "ALIVE_TTL_S", 20)) / 4
@@ -251,7 +251,7 @@ def follow_up_check(connection: redis.Redis, result: dict[str, Any], running: st
 def run_scenarios(
     connection: redis.Redis, url: str, events: int, clients: int
 ) -> tuple[list[dict[str, Any]], str]:
-    from trainers.settings import save_params
+    from labelpilot.trainers.settings import save_params
 
     results = []
     progress(f"burst 1: {events} events to project 1 (train_every=0)...")

@@ -19,7 +19,7 @@ app.add_typer(models_app, name="models")
 @app.callback()
 def _main() -> None:
     setup_logging()
-    from backends.offline import configure_ultralytics
+    from labelpilot.backends.offline import configure_ultralytics
 
     configure_ultralytics()
 
@@ -37,7 +37,7 @@ def serve(
                                           "range for CVAT's direct invoke mode, e.g. 32001-32016"),
 ) -> None:
     """Serve the ML backend (gunicorn) plus an RQ worker; embedded Redis if REDIS_URL is unset."""
-    from adapters.cvat.commands import serving_ports
+    from labelpilot.adapters.cvat.commands import serving_ports
     from labelpilot.serving import run_serve
 
     extra = serving_ports(cvat_port, cvat_direct_ports)
@@ -97,7 +97,7 @@ def connect_cvat(
                                help="webhook secret (the server checks X-Signature-256)"),
 ) -> None:
     """Print CVAT's settings for labelpilot; register the training webhook when possible."""
-    from adapters.cvat.commands import connect_cvat_command
+    from labelpilot.adapters.cvat.commands import connect_cvat_command
 
     typer.echo(connect_cvat_command(backend_url, cvat_url or None, project, organization or None,
                                     secret or None))
@@ -113,13 +113,13 @@ def train(
     wait: bool = typer.Option(False, help="run here and wait instead of queueing for a worker"),
 ) -> None:
     """Train a model now from the current labels of a Label Studio project or a CVAT task."""
-    from adapters.label_studio.training import JOB_FUNC, train_project
+    from labelpilot.adapters.label_studio.training import JOB_FUNC, train_project
     from labelpilot.redis_conn import get_redis
-    from trainers.queue import request_training
+    from labelpilot.trainers.queue import request_training
 
     trigger = {"event": "CLI", "user": os.environ.get("USER", "")}
     if cvat_task is not None or cvat_project is not None:
-        from adapters.cvat.commands import train_cvat_command
+        from labelpilot.adapters.cvat.commands import train_cvat_command
 
         typer.echo(train_cvat_command(cvat_task, cvat_project, task_type or None, wait, trigger))
         return
@@ -138,7 +138,7 @@ def train(
 def jobs(key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> None:
     """Training jobs with their progress (phase, epoch, metrics)."""
     from labelpilot.redis_conn import get_redis
-    from trainers.queue import jobs as list_jobs
+    from labelpilot.trainers.queue import jobs as list_jobs
 
     for job in list_jobs(get_redis(), key or None):
         meta = job["meta"]
@@ -162,7 +162,7 @@ def settings(
 ) -> None:
     """Show or change a project's training settings."""
     from labelpilot.redis_conn import get_redis
-    from trainers.settings import save_params
+    from labelpilot.trainers.settings import save_params
 
     params = save_params(get_redis(), project, epochs=epochs, imgsz=imgsz, batch=batch,
                          patience=patience, promotion=promotion, margin=margin,
@@ -182,8 +182,8 @@ def _metric_name(metrics: dict[str, float]) -> str:
 @models_app.command("list")
 def models_list() -> None:
     """Every model key with its versions, metrics and which one serves."""
-    from adapters.admin import describe
-    from backends.model_store import ModelStore
+    from labelpilot.adapters.admin import describe
+    from labelpilot.backends.model_store import ModelStore
 
     store = ModelStore()
     for key in store.model_keys():
@@ -199,7 +199,7 @@ def models_list() -> None:
 @models_app.command("promote")
 def models_promote(key: str, version: str) -> None:
     """Serve `version` of `key` everywhere (hot-swapped by every server)."""
-    from backends.model_store import ModelStore
+    from labelpilot.backends.model_store import ModelStore
 
     ModelStore().promote(key, version, by=f"cli:{os.environ.get('USER', '')}")
     typer.echo(f"{key} -> {version}")
@@ -208,7 +208,7 @@ def models_promote(key: str, version: str) -> None:
 @models_app.command("rollback")
 def models_rollback(key: str) -> None:
     """Go back to the version that served before the current one."""
-    from backends.model_store import ModelStore
+    from labelpilot.backends.model_store import ModelStore
 
     version = ModelStore().rollback(key, by=f"cli:{os.environ.get('USER', '')}")
     typer.echo(f"{key} -> {version.version}")

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from backends.errors import BackendError
-from label_config import load
+from labelpilot.backends.errors import BackendError
+from labelpilot.label_config import load
 from labelpilot.label_studio_server import REPO, LabelStudioServer
 from labelpilot.ls_admin import LabelStudioAdmin
 from labelpilot.serving import backend_processes, data_dir, ensure_redis, wait_healthy
@@ -54,7 +54,7 @@ def sample_images(directory: Path, with_shapes: bool) -> list[Path]:
             cv2.imwrite(str(target), bgr)
         paths.append(target)
     if with_shapes:
-        from trainers.synthetic import make_image
+        from labelpilot.trainers.synthetic import make_image
 
         rng = random.Random(2024)
         for i in range(SHAPE_TASKS):
@@ -66,8 +66,8 @@ def sample_images(directory: Path, with_shapes: bool) -> list[Path]:
 
 
 def choose_model(requested: str | None) -> DemoModel:
-    from backends.model_ref import resolve_model
-    from backends.yolo import YoloModel
+    from labelpilot.backends.model_ref import resolve_model
+    from labelpilot.backends.yolo import YoloModel
 
     ref = requested or os.environ.get("LABELPILOT_MODEL_DETECT") or "yolo11n.pt"
     try:
@@ -77,7 +77,7 @@ def choose_model(requested: str | None) -> DemoModel:
         if requested:
             raise
         log.warning("%s is not available here (%s).", ref, str(exc).splitlines()[0][:200])
-    from trainers.shapes_model import DEMO_RECIPE, ensure_shapes_model
+    from labelpilot.trainers.shapes_model import DEMO_RECIPE, ensure_shapes_model
 
     log.warning("Offline fallback: using a half-trained YOLO11n for generated shapes instead "
                 "(photos get no boxes from it; label a few shapes_*.png tasks and press 'Start "
@@ -97,9 +97,9 @@ def _find_project(admin: LabelStudioAdmin, title: str = PROJECT_TITLE) -> int | 
 def choose_sam_model() -> tuple[str, str]:
     """(ref, description): LABELPILOT_SAM_MODEL, a SAM checkpoint in MODEL_DIR, MobileSAM
     downloaded by ultralytics, else random MobileSAM weights, said loudly (offline)."""
-    from backends.model_ref import model_dir
-    from backends.sam import parse_sam_ref
-    from backends.sam.models import build_network
+    from labelpilot.backends.model_ref import model_dir
+    from labelpilot.backends.sam import parse_sam_ref
+    from labelpilot.backends.sam.models import build_network
 
     ref = os.environ.get("LABELPILOT_SAM_MODEL", "").strip()
     if ref:
@@ -156,7 +156,7 @@ def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None =
             admin.connect_backend(project, backend_url)
             if chosen.config_name == "detection_shapes":
                 from labelpilot.redis_conn import get_redis
-                from trainers.settings import save_params
+                from labelpilot.trainers.settings import save_params
 
                 save_params(get_redis(), f"ls-{project}", **OFFLINE_TRAINING)
         admin.retrieve_predictions(project)

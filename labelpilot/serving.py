@@ -47,7 +47,7 @@ def gunicorn_command(host: str, port: int, workers: int,
     conf = Path(__file__).with_name("gunicorn_conf.py")
     binds = [arg for p in (port, *extra_ports) for arg in ("-b", f"{host}:{p}")]
     return [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(workers),
-            *binds, "adapters.label_studio.wsgi:app"]
+            *binds, "labelpilot.adapters.label_studio.wsgi:app"]
 
 
 def _serving_env(threads: int, extra: dict[str, str]) -> dict[str, str]:

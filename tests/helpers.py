@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-
-from trainers.synthetic import ShapeBox, make_image
+from labelpilot.trainers.synthetic import ShapeBox, make_image
 
 
 @dataclass(frozen=True)

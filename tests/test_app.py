@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from labelpilot.adapters.label_studio.app import create_app
+from labelpilot.adapters.label_studio.config import parse_label_config
+from labelpilot.label_config import load
 
-from adapters.label_studio.app import create_app
-from adapters.label_studio.config import parse_label_config
-from label_config import load
 from tests.helpers import generate_images, serve_directory
 
 CONFIG = load("detection_shapes")

@@ -13,12 +13,12 @@ import numpy as np
 import PIL.Image
 import pytest
 from cvat_sdk import masks, models
+from labelpilot.adapters.cvat import annotations, tracker
+from labelpilot.adapters.cvat.rle import decode_shape_rle, encode_detector_bitmap, encode_shape_rle
+from labelpilot.adapters.cvat.spec import COCO_KEYPOINTS, model_labels, nuclio_spec
+from labelpilot.trainers.synthetic import CLASSES
 
-from adapters.cvat import annotations, tracker
-from adapters.cvat.rle import decode_shape_rle, encode_detector_bitmap, encode_shape_rle
-from adapters.cvat.spec import COCO_KEYPOINTS, model_labels, nuclio_spec
 from tests.helpers import generate_images, iou
-from trainers.synthetic import CLASSES
 
 
 def random_masks(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -227,7 +227,7 @@ def test_detection_module_passes_cvat_sdks_driver_checks(shapes_model, tmp_path)
     from cvat_cli._internal.common import FunctionLoader
     from cvat_sdk.auto_annotation.driver import _AnnotationMapper, _DetectionFunctionContextImpl
 
-    function = FunctionLoader("adapters.cvat.functions.detection", None,
+    function = FunctionLoader("labelpilot.adapters.cvat.functions.detection", None,
                               {"model": str(shapes_model)}).load()  # what cvat-cli does
     import cvat_sdk.auto_annotation as cvataa
 
@@ -260,7 +260,7 @@ def test_interaction_module_with_real_sam_through_the_agent_worker():
     )
     from cvat_cli._internal.common import FunctionLoader
 
-    function = FunctionLoader("adapters.cvat.functions.interaction", None,
+    function = FunctionLoader("labelpilot.adapters.cvat.functions.interaction", None,
                               {"model": "random:mobile_sam"}).load()
     assert AgentInteractionFunctionDriver.get_remote_function_fields(function.spec) == {
         "min_pos_points": 0, "min_neg_points": 0, "startswith_box_optional": True}
@@ -289,7 +289,7 @@ def test_tracking_module_through_the_agent_worker():
     )
     from cvat_cli._internal.common import FunctionLoader
 
-    function = FunctionLoader("adapters.cvat.functions.tracking", None, {}).load()
+    function = FunctionLoader("labelpilot.adapters.cvat.functions.tracking", None, {}).load()
     assert AgentTrackingFunctionDriver.get_remote_function_fields(function.spec) == {
         "supported_shape_types": ["mask", "polygon", "rectangle"]}
     AgentTrackingFunctionDriver.init_worker(lambda: uuid.uuid4().hex)
@@ -308,7 +308,7 @@ def test_tracking_module_through_the_agent_worker():
 
 
 def test_snapshot_from_cvat_models_becomes_samples(tmp_path: Path):
-    from adapters.cvat.training import snapshot_samples
+    from labelpilot.adapters.cvat.training import snapshot_samples
 
     write_snapshot(tmp_path, generate_images(tmp_path / "img", 4, seed=5), completed_extra=True)
     samples, _ = snapshot_samples(tmp_path)
@@ -350,7 +350,14 @@ def write_snapshot(root: Path, images, completed_extra: bool = False) -> Path:
 
 def prediction_for(task: str):  # type: ignore[no-untyped-def]
     """What `YoloModel.predict` returns for each task (our own types; coordinates in px)."""
-    from backends.shapes import BBox, ClassScore, Instance, Keypoint, Prediction, RotatedBox
+    from labelpilot.backends.shapes import (
+        BBox,
+        ClassScore,
+        Instance,
+        Keypoint,
+        Prediction,
+        RotatedBox,
+    )
 
     if task == "detect":
         return Prediction(120, 100, (Instance("a", 0.9, box=BBox(10, 20, 50, 60)),))
@@ -372,9 +379,8 @@ def prediction_for(task: str):  # type: ignore[no-untyped-def]
 def test_every_task_renders_for_nuclio_and_passes_cvat_sdks_checks(task):
     import cvat_sdk.auto_annotation as cvataa
     from cvat_sdk.auto_annotation.driver import _AnnotationMapper
-
-    from adapters.cvat.detector import Detection, nuclio_shapes
-    from adapters.cvat.functions.detection import sdk_label, sdk_shapes
+    from labelpilot.adapters.cvat.detector import Detection, nuclio_shapes
+    from labelpilot.adapters.cvat.functions.detection import sdk_label, sdk_shapes
 
     labels = model_labels(task, ["a", "b"], 3)
     detection = Detection(prediction_for(task), (100, 200), 0.25)  # found in a roi at +100,+200
@@ -417,7 +423,7 @@ def test_every_task_renders_for_nuclio_and_passes_cvat_sdks_checks(task):
 
 
 def test_connect_cvat_prints_cvat_settings_and_a_valid_webhook(monkeypatch):
-    from adapters.cvat.commands import _webhook_body, connect_cvat_command
+    from labelpilot.adapters.cvat.commands import _webhook_body, connect_cvat_command
 
     for name in ("CVAT_ACCESS_TOKEN", "CVAT_USER", "CVAT_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
@@ -474,7 +480,7 @@ class FakeTask:
 def test_export_snapshot_pulls_labelled_and_completed_frames(tmp_path):
     from types import SimpleNamespace
 
-    from adapters.cvat.training import export_snapshot, snapshot_samples
+    from labelpilot.adapters.cvat.training import export_snapshot, snapshot_samples
 
     images = generate_images(tmp_path / "img", 4, seed=8)
     tasks = [FakeTask(5, images, completed=(1, 3)), FakeTask(6, images)]
@@ -494,8 +500,8 @@ def test_export_snapshot_pulls_labelled_and_completed_frames(tmp_path):
 
 @pytest.mark.parametrize("name", ["detection_shapes", "pose_coco"])
 def test_cvat_project_label_files_are_current_and_valid(name):
-    from adapters.cvat.spec import project_template
-    from label_config import DIR
+    from labelpilot.adapters.cvat.spec import project_template
+    from labelpilot.label_config import DIR
 
     labels = json.loads((DIR / f"cvat_{name}.json").read_text())
     assert labels == project_template(name)  # regenerate the file when the spec changes
@@ -507,12 +513,11 @@ def test_cvat_project_label_files_are_current_and_valid(name):
 
 def test_train_request_follows_the_labels(tmp_path, redis_url):
     import redis
-
-    from adapters.cvat.training import train_request
-    from backends.model_store import ModelStore
-    from backends.shapes import BBox, Instance, Keypoint
-    from trainers.pipeline import TrainParams
-    from trainers.samples import Sample
+    from labelpilot.adapters.cvat.training import train_request
+    from labelpilot.backends.model_store import ModelStore
+    from labelpilot.backends.shapes import BBox, Instance, Keypoint
+    from labelpilot.trainers.pipeline import TrainParams
+    from labelpilot.trainers.samples import Sample
 
     labels = annotations.label_infos(cvat_labels())
     person = Instance("person", 1.0, box=BBox(1, 1, 9, 9),

@@ -21,6 +21,8 @@ import pytest
 import redis
 import requests
 from cvat_sdk import masks
+from labelpilot.trainers.settings import save_params
+from labelpilot.trainers.synthetic import CLASSES
 from rq.job import Job
 
 from labelpilot.embedded_redis import free_port
@@ -28,8 +30,6 @@ from labelpilot.processes import stop_processes
 from tests.conftest import REPO
 from tests.helpers import generate_images, iou
 from tests.test_cvat import frame_with_square, write_pose_snapshot, write_snapshot
-from trainers.settings import save_params
-from trainers.synthetic import CLASSES
 
 pytestmark = pytest.mark.slow
 SECRET = "cvat-test-secret"
@@ -229,7 +229,7 @@ def decoded(shape: dict, width: int, height: int) -> np.ndarray:
 
 
 def truth_mask(size: int, box) -> np.ndarray:  # type: ignore[no-untyped-def]
-    from trainers.synthetic import _draw
+    from labelpilot.trainers.synthetic import _draw
 
     canvas = np.zeros((size, size, 3), np.uint8)
     _draw(canvas, box, (255, 255, 255))
@@ -361,7 +361,7 @@ def test_webhook_signature_ping_and_completed_job_queues_one_training(facade, re
 def test_training_from_cvat_snapshots_publishes_new_detectors(facade, redis_url, tmp_path):
     """cvat-sdk models → snapshots (rectangles; skeletons) → the coalesced RQ jobs on a real
     worker → versions that GET /api/functions lists at once and that answer detector calls."""
-    from adapters.cvat.training import request_cvat_training
+    from labelpilot.adapters.cvat.training import request_cvat_training
 
     base = 800000 + int(uuid.uuid4().int % 1000) * 2
     detect_task, pose_task = base, base + 1

@@ -1,6 +1,6 @@
 """A SAM-shaped stand-in for mask *content* in the CVAT tests (random-weight SAM gives noise).
 
-It implements `backends.interactive.Interactor` with a colour flood fill from the first
+It implements `labelpilot.backends.interactive.Interactor` with a colour flood fill from the first
 positive click (or the box's centre), limited to the box; the real HTTP path, prompt parsing
 and RLE encoding are exercised exactly as with SAM. Served through
 ``LABELPILOT_CVAT_SAM=python:tests.test_cvat_stub:StubSam``.
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
-from backends.interactive import MaskResult, Prompt
+from labelpilot.backends.interactive import MaskResult, Prompt
 
 
 class StubSam:
@@ -44,7 +43,7 @@ class StubSam:
 def test_the_stub_fills_the_clicked_shape() -> None:
     image = np.full((60, 60, 3), 120, np.uint8)
     cv2.rectangle(image, (10, 10), (29, 29), (40, 200, 40), -1)
-    from backends.interactive import PointPrompt
+    from labelpilot.backends.interactive import PointPrompt
 
     result = StubSam().segment(image, Prompt(points=(PointPrompt(20, 20),)))
     assert result.mask.sum() == 400 and result.mask[10:30, 10:30].all()

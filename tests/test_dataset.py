@@ -7,18 +7,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from adapters.label_studio.annotations import POSE_CLASS, task_choices, task_poses
-from adapters.label_studio.config import parse_label_config
-from adapters.label_studio.training import (
+from labelpilot.adapters.label_studio.annotations import POSE_CLASS, task_choices, task_poses
+from labelpilot.adapters.label_studio.config import parse_label_config
+from labelpilot.adapters.label_studio.training import (
     keypoint_count,
     pose_boxes,
     trainable_control,
     training_classes,
 )
-from backends.shapes import BBox, Instance, Keypoint
-from trainers.dataset import DatasetError, build_dataset
-from trainers.samples import Sample
+from labelpilot.backends.shapes import BBox, Instance, Keypoint
+from labelpilot.trainers.dataset import DatasetError, build_dataset
+from labelpilot.trainers.samples import Sample
 
 POSE_CONFIG = """<View><Image name="image" value="$image"/>
   <RectangleLabels name="box" toName="image"><Label value="Person"/><Label value="Dog"/>
@@ -131,8 +130,8 @@ def test_unknown_task_is_refused(tmp_path: Path) -> None:
 def test_a_pose_model_with_other_keypoints_is_not_compared(tmp_path: Path) -> None:
     """COCO's 17-keypoint model vs a project's 3 keypoints: no holdout comparison (None),
     instead of a crash in ultralytics' validator; the gate then treats it as not comparable."""
-    from backends.offline import import_ultralytics
-    from trainers.yolo_train import evaluate_yolo
+    from labelpilot.backends.offline import import_ultralytics
+    from labelpilot.trainers.yolo_train import evaluate_yolo
 
     import_ultralytics()
     from ultralytics import YOLO

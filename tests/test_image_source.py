@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-
-from adapters.label_studio.auth import TokenAuth, jwt_claims
-from adapters.label_studio.image_source import ImageSource, ImageSourceError
+from labelpilot.adapters.label_studio.auth import TokenAuth, jwt_claims
+from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
 
@@ -141,8 +140,8 @@ def test_token_kinds_are_told_apart():
 
 
 def test_bare_model_names_are_not_downloaded_when_downloads_are_off(monkeypatch, tmp_path):
-    from backends.errors import ModelNotFoundError
-    from backends.model_ref import resolve_model
+    from labelpilot.backends.errors import ModelNotFoundError
+    from labelpilot.backends.model_ref import resolve_model
 
     monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "0")
     with pytest.raises(ModelNotFoundError, match="downloads are off"):

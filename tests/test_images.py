@@ -2,9 +2,8 @@ import io
 
 import numpy as np
 import pytest
+from labelpilot.backends.images import ImageError, decode_image
 from PIL import Image
-
-from backends.images import ImageError, decode_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -1,7 +1,6 @@
 import pytest
-
-from adapters.label_studio.config import ConfigError, parse_label_config
-from label_config import DIR, load
+from labelpilot.adapters.label_studio.config import ConfigError, parse_label_config
+from labelpilot.label_config import DIR, load
 
 
 def test_detection_config_maps_predicted_values_and_names_case_insensitively():

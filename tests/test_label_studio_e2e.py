@@ -7,11 +7,11 @@ import time
 import pytest
 import redis
 import requests
+from labelpilot.adapters.label_studio.webhook import EVENTS_STREAM
+from labelpilot.backends.images import decode_image
+from labelpilot.backends.yolo import YoloModel
+from labelpilot.label_config import load
 
-from adapters.label_studio.webhook import EVENTS_STREAM
-from backends.images import decode_image
-from backends.yolo import YoloModel
-from label_config import load
 from tests.helpers import generate_images, iou, ls_box
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -149,8 +149,8 @@ def test_backend_metrics_count_predictions_and_fetch_errors(backend):
 
 def test_personal_access_token_downloads_through_label_studio(ls_admin, label_studio, project):
     """A JWT PAT is refreshed into an access token and used as Bearer for /data/upload."""
-    from adapters.label_studio.auth import TokenAuth
-    from adapters.label_studio.image_source import ImageSource
+    from labelpilot.adapters.label_studio.auth import TokenAuth
+    from labelpilot.adapters.label_studio.image_source import ImageSource
 
     pat = requests.post(f"{ls_admin.url}/api/token/", headers={
         "Authorization": f"Token {ls_admin.api_key}"}, timeout=10)

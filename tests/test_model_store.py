@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from backends.hot_swap import CurrentModels
-from backends.model_store import UPDATES_CHANNEL, ModelStore
+from labelpilot.backends.hot_swap import CurrentModels
+from labelpilot.backends.model_store import UPDATES_CHANNEL, ModelStore
 
 
 @pytest.fixture()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from labelpilot.label_config import load
 
-from label_config import load
 from tests.conftest import REPO, BackendServer, start_backend
 from tests.helpers import generate_images, ground_truth_result, iou, ls_box, serve_directory
 
@@ -150,8 +150,7 @@ def test_hot_swap_under_load_fails_no_request(loop, image_urls, weak_shapes_mode
     import threading
 
     import redis as redis_lib
-
-    from backends.model_store import ModelStore
+    from labelpilot.backends.model_store import ModelStore
 
     backend: BackendServer = loop["backend"]
     project = 900
@@ -230,7 +229,7 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
         loop, ls_admin, tmp_path_factory):
     import signal
 
-    from backends.model_store import ModelStore
+    from labelpilot.backends.model_store import ModelStore
 
     backend: BackendServer = loop["backend"]
     headers = {"Authorization": f"Token {ls_admin.api_key}"}

@@ -15,16 +15,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from backends.embedding_cache import EmbeddingCache
-from backends.errors import ModelLoadError, ModelNotFoundError
-from backends.interactive import Interactor, PointPrompt, Prompt
-from backends.sam import PromptError, SamInteractor, parse_sam_ref
-from backends.sam.decoder import OnnxDecoder, PromptDecoder, TorchDecoder
-from backends.sam.engine import Embedding
-from backends.sam.models import build_network
-from backends.sam.transforms import Frame, encode_prompt, preprocess, upscale_mask
-from backends.shapes import BBox
+from labelpilot.backends.embedding_cache import EmbeddingCache
+from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
+from labelpilot.backends.interactive import Interactor, PointPrompt, Prompt
+from labelpilot.backends.sam import PromptError, SamInteractor, parse_sam_ref
+from labelpilot.backends.sam.decoder import OnnxDecoder, PromptDecoder, TorchDecoder
+from labelpilot.backends.sam.engine import Embedding
+from labelpilot.backends.sam.models import build_network
+from labelpilot.backends.sam.transforms import Frame, encode_prompt, preprocess, upscale_mask
+from labelpilot.backends.shapes import BBox
 
 
 def photo() -> np.ndarray:

@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import redis
 import torch
+from labelpilot.adapters.label_studio.app import create_app
+from labelpilot.adapters.label_studio.config import parse_label_config
+from labelpilot.adapters.label_studio.interactive import click_from_context, mask_region
+from labelpilot.adapters.label_studio.payloads import ContextRegion
+from labelpilot.adapters.label_studio.sam_config import batch_plan, sam_setups
+from labelpilot.backends.embedding_cache import EmbeddingCache
+from labelpilot.backends.interactive import MaskResult, PointPrompt, Prompt
+from labelpilot.backends.sam import SamInteractor, get_interactor, parse_sam_ref
+from labelpilot.backends.sam.shared_store import RedisEmbeddingStore
+from labelpilot.label_config import load
 
-from adapters.label_studio.app import create_app
-from adapters.label_studio.config import parse_label_config
-from adapters.label_studio.interactive import click_from_context, mask_region
-from adapters.label_studio.payloads import ContextRegion
-from adapters.label_studio.sam_config import batch_plan, sam_setups
-from backends.embedding_cache import EmbeddingCache
-from backends.interactive import MaskResult, PointPrompt, Prompt
-from backends.sam import SamInteractor, get_interactor, parse_sam_ref
-from backends.sam.shared_store import RedisEmbeddingStore
-from label_config import load
 from tests.helpers import serve_directory
 
 SAM_REF = "random:mobile_sam"
@@ -260,8 +260,8 @@ def test_a_second_worker_reuses_the_embedding_through_redis(redis_url):
 
 
 def test_redis_tier_keeps_only_the_newest_embeddings_under_its_cap(redis_url):
-    from backends.sam.shared_store import EMBEDDING_MB
-    from backends.sam.transforms import Frame
+    from labelpilot.backends.sam.shared_store import EMBEDDING_MB
+    from labelpilot.backends.sam.transforms import Frame
 
     client = redis.Redis.from_url(redis_url)
     store = RedisEmbeddingStore(client, ttl=60, max_mb=3 * EMBEDDING_MB)  # room for 3

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import redis
 import requests
+from labelpilot.backends.interactive import PointPrompt, Prompt
+from labelpilot.backends.sam import get_interactor
+from labelpilot.label_config import load
 
-from backends.interactive import PointPrompt, Prompt
-from backends.sam import get_interactor
-from label_config import load
 from tests.conftest import ARTIFACTS, BackendServer, start_backend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

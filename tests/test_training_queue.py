@@ -6,14 +6,13 @@ import uuid
 
 import pytest
 import redis
+from labelpilot.trainers import queue
+from labelpilot.trainers.pipeline import TrainParams, gate
+from labelpilot.trainers.settings import load_params, save_params
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from trainers import queue
-from trainers.pipeline import TrainParams, gate
-from trainers.settings import load_params, save_params
-
-FUNC = "adapters.label_studio.training.train_project"
+FUNC = "labelpilot.adapters.label_studio.training.train_project"
 
 
 @pytest.fixture()

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import pytest
 import requests
+from labelpilot.trainers.synthetic import ShapeBox
 
 from tests.conftest import BackendServer
 from tests.helpers import GeneratedImage, generate_images
-from trainers.synthetic import ShapeBox
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 LABELS = '<Label value="Circle"/><Label value="Square"/><Label value="Triangle"/>'
@@ -101,10 +101,11 @@ CASES: dict[str, tuple[str, str, Callable[[GeneratedImage], list[dict]], str, st
 @pytest.mark.parametrize("kind", list(CASES))
 def test_control_trains_from_label_studio_and_serves_its_result_type(
         kind, ls_admin, backend: BackendServer, redis_url, shapes_model, tmp_path, monkeypatch):
-    from adapters.label_studio.training import train_project
-    from backends.model_store import ModelStore
+    from labelpilot.adapters.label_studio.training import train_project
+    from labelpilot.backends.model_store import ModelStore
+    from labelpilot.trainers.settings import save_params
+
     from labelpilot.redis_conn import get_redis
-    from trainers.settings import save_params
 
     config, control, annotate, task, result_type = CASES[kind]
     monkeypatch.setenv("MODEL_DIR", str(backend.log.parent / "models"))  # the backend's store

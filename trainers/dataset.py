@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.geometry import rotated_corners
-from backends.shapes import BBox, Instance
-from trainers.samples import Sample
+from labelpilot.backends.geometry import rotated_corners
+from labelpilot.backends.shapes import BBox, Instance
+from labelpilot.trainers.samples import Sample
 
 SPLITS = ("train", "val", "holdout")
 TASKS = ("detect", "obb", "segment", "pose", "classify")

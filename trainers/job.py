@@ -11,9 +11,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
-
-from trainers import queue
-from trainers.pipeline import Progress
+from labelpilot.trainers import queue
+from labelpilot.trainers.pipeline import Progress
 
 log = logging.getLogger(__name__)
 

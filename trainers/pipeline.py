@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backends.model_store import ModelStore, ModelVersion
-from trainers.dataset import build_dataset
-from trainers.samples import Sample
-from trainers.yolo_train import evaluate_yolo, primary_metric, train_yolo
+from labelpilot.backends.model_store import ModelStore, ModelVersion
+from labelpilot.trainers.dataset import build_dataset
+from labelpilot.trainers.samples import Sample
+from labelpilot.trainers.yolo_train import evaluate_yolo, primary_metric, train_yolo
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
@@ -24,7 +24,7 @@ SCRATCH_YAML = {"detect": "yolo11n.yaml", "segment": "yolo11n-seg.yaml",
 
 @dataclass(frozen=True)
 class TrainParams:
-    """Per-project training settings (stored in Redis; see trainers.settings)."""
+    """Per-project training settings (stored in Redis; see labelpilot.trainers.settings)."""
 
     epochs: int = 30
     imgsz: int = 320

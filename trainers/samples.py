@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends.shapes import Instance
+from labelpilot.backends.shapes import Instance
 
 
 @dataclass(frozen=True)

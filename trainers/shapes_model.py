@@ -13,8 +13,8 @@ import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from trainers import synthetic
-from trainers.yolo_train import train_yolo
+from labelpilot.trainers import synthetic
+from labelpilot.trainers.yolo_train import train_yolo
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from backends.device import default_device
-from backends.offline import import_ultralytics
+from labelpilot.backends.device import default_device
+from labelpilot.backends.offline import import_ultralytics
 
 
 def _device() -> str:

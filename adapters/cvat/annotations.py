@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.cvat.rle import decode_shape_rle, mask_box
-from backends.geometry import mask_to_polygon, rotated_corners
-from backends.shapes import BBox, Instance, Keypoint, RotatedBox
+from labelpilot.adapters.cvat.rle import decode_shape_rle, mask_box
+from labelpilot.backends.geometry import mask_to_polygon, rotated_corners
+from labelpilot.backends.shapes import BBox, Instance, Keypoint, RotatedBox
 
 # what each model task learns from, and which CVAT label types can feed it
 TASK_LABEL_TYPES = {"detect": {"any", "rectangle", "polygon", "mask"},

@@ -11,14 +11,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.cvat import config
-from adapters.cvat.spec import LabelSpec, model_labels, nuclio_spec
-from adapters.cvat.tracker import SUPPORTED_SHAPE_TYPES
-from backends.errors import BackendError
-from backends.hot_swap import CurrentModels
-from backends.model_cache import ModelCache
-from backends.model_ref import model_version, resolve_model
-from backends.yolo import YoloModel
+from labelpilot.adapters.cvat import config
+from labelpilot.adapters.cvat.spec import LabelSpec, model_labels, nuclio_spec
+from labelpilot.adapters.cvat.tracker import SUPPORTED_SHAPE_TYPES
+from labelpilot.backends.errors import BackendError
+from labelpilot.backends.hot_swap import CurrentModels
+from labelpilot.backends.model_cache import ModelCache
+from labelpilot.backends.model_ref import model_version, resolve_model
+from labelpilot.backends.yolo import YoloModel
 
 log = logging.getLogger(__name__)
 TRACKER_NAME = config.PREFIX + "tracker"

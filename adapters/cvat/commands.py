@@ -9,7 +9,7 @@ import shlex
 from typing import Any
 from urllib.parse import urlsplit
 
-from adapters.cvat import config
+from labelpilot.adapters.cvat import config
 
 WEBHOOK_EVENTS = ("update:job", "update:task")
 
@@ -27,7 +27,7 @@ def serving_ports(cvat_port: int, direct_ports: str) -> list[int]:
 
 def train_cvat_command(task: int | None, project: int | None, task_type: str | None,
                        wait: bool, trigger: dict[str, Any]) -> str:
-    from adapters.cvat.training import request_cvat_training, train_cvat
+    from labelpilot.adapters.cvat.training import request_cvat_training, train_cvat
 
     if (task is None) == (project is None):
         raise ValueError("give exactly one of --cvat-task and --cvat-project")
@@ -35,7 +35,7 @@ def train_cvat_command(task: int | None, project: int | None, task_type: str | N
     assert ident is not None
     options = {"task_type": task_type} if task_type else {}
     if wait:
-        from adapters.cvat.client import CvatConfigError
+        from labelpilot.adapters.cvat.client import CvatConfigError
 
         try:
             result = train_cvat(kind, ident, trigger, **options)
@@ -95,7 +95,7 @@ def connect_cvat_command(backend_url: str, cvat_url: str | None, project: int | 
     have_creds = os.environ.get("CVAT_ACCESS_TOKEN") or (
         os.environ.get("CVAT_USER") and os.environ.get("CVAT_PASSWORD"))
     if cvat_url and have_creds:
-        from adapters.cvat.client import cvat_client
+        from labelpilot.adapters.cvat.client import cvat_client
 
         client = cvat_client(cvat_url)
         if organization:

@@ -5,7 +5,7 @@
   ``LABELPILOT_MODEL_<TASK>`` that is set (named ``yolo-<task>``).
 - ``LABELPILOT_CVAT_STORE_KEYS``: which model-store keys become detectors (comma-separated
   shell patterns; default ``*``: every key with a promoted version; empty: none).
-- ``LABELPILOT_CVAT_SAM``: the SAM model for the interactor (a ref as in `backends.sam`,
+- ``LABELPILOT_CVAT_SAM``: the SAM model for the interactor (a ref as in `labelpilot.backends.sam`,
   default LABELPILOT_SAM_MODEL); neither set: no interactor.
 - ``LABELPILOT_CVAT_TRACKER=0`` hides the tracker.
 - ``LABELPILOT_CVAT_DIRECT_PORTS``: a port range such as ``32001-32016`` for CVAT's "direct"

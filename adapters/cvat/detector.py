@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from adapters.cvat.rle import encode_detector_bitmap
-from adapters.cvat.spec import SCORE_ATTRIBUTE, LabelSpec
-from backends.geometry import instance_mask, mask_to_polygon
-from backends.shapes import Instance, Prediction
-from backends.yolo import YoloModel
+from labelpilot.adapters.cvat.rle import encode_detector_bitmap
+from labelpilot.adapters.cvat.spec import SCORE_ATTRIBUTE, LabelSpec
+from labelpilot.backends.geometry import instance_mask, mask_to_polygon
+from labelpilot.backends.shapes import Instance, Prediction
+from labelpilot.backends.yolo import YoloModel
 
 DEFAULT_THRESHOLD = 0.25
 POINT_THRESHOLD = 0.5  # keypoints scored below this are sent as outside

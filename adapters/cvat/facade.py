@@ -4,8 +4,8 @@
 - ``GET /api/functions/<name>``: one config;
 - ``POST /api/function_invocations`` with header ``x-nuclio-function-name`` (CVAT's
   ``CVAT_NUCLIO_INVOKE_METHOD=dashboard``);
-- ``POST /`` on a function's own port (``direct`` mode; see `adapters.cvat.ports`);
-- ``POST /cvat/webhook``: CVAT webhooks (see `adapters.cvat.webhook`).
+- ``POST /`` on a function's own port (``direct`` mode; see `labelpilot.adapters.cvat.ports`);
+- ``POST /cvat/webhook``: CVAT webhooks (see `labelpilot.adapters.cvat.webhook`).
 
 Nuclio's dashboard has no authentication and CVAT sends none, so these paths are exempt from
 the backend's basic auth: expose them only to CVAT's network (``labelpilot serve
@@ -18,25 +18,30 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Request, jsonify, request
-
-from adapters.cvat import config, ports, tracker
-from adapters.cvat.catalog import (
+from labelpilot.adapters.cvat import config, ports, tracker
+from labelpilot.adapters.cvat.catalog import (
     Catalog,
     CvatFunction,
     DetectorFunction,
     InteractorFunction,
     nuclio_config,
 )
-from adapters.cvat.detector import Roi, detect, nuclio_shapes
-from adapters.cvat.interactor import load_interactor, mask_shape, prompt_from
-from adapters.cvat.payloads import DetectorRequest, InteractorRequest, PayloadError, TrackerRequest
-from adapters.cvat.webhook import handle_webhook
-from adapters.http_errors import ApiError, json_body
-from backends.errors import BackendError, ModelLoadError, ModelNotFoundError
-from backends.hot_swap import CurrentModels
-from backends.model_cache import ModelCache
-from backends.sam import PromptError
-from backends.yolo import YoloModel
+from labelpilot.adapters.cvat.detector import Roi, detect, nuclio_shapes
+from labelpilot.adapters.cvat.interactor import load_interactor, mask_shape, prompt_from
+from labelpilot.adapters.cvat.payloads import (
+    DetectorRequest,
+    InteractorRequest,
+    PayloadError,
+    TrackerRequest,
+)
+from labelpilot.adapters.cvat.webhook import handle_webhook
+from labelpilot.adapters.http_errors import ApiError, json_body
+from labelpilot.backends.errors import BackendError, ModelLoadError, ModelNotFoundError
+from labelpilot.backends.hot_swap import CurrentModels
+from labelpilot.backends.model_cache import ModelCache
+from labelpilot.backends.sam import PromptError
+from labelpilot.backends.yolo import YoloModel
+
 from labelpilot.redis_conn import get_redis
 
 log = logging.getLogger(__name__)

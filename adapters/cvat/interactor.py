@@ -11,9 +11,9 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.cvat.rle import encode_shape_rle
-from backends.interactive import Interactor, MaskResult, PointPrompt, Prompt
-from backends.shapes import BBox
+from labelpilot.adapters.cvat.rle import encode_shape_rle
+from labelpilot.backends.interactive import Interactor, MaskResult, PointPrompt, Prompt
+from labelpilot.backends.shapes import BBox
 
 CONFIDENCE_SPEC_ID = 0
 
@@ -47,13 +47,13 @@ def load_interactor(ref: str) -> Interactor:
     """The process-wide interactor for `ref`.
 
     ``python:package.module:factory`` calls that factory (any object with the `Interactor`
-    protocol); anything else is a SAM model reference for `backends.sam.get_interactor`.
+    protocol); anything else is a SAM model reference for `labelpilot.backends.sam.get_interactor`.
     """
     if ref.startswith("python:"):
         module_name, _, attr = ref.removeprefix("python:").partition(":")
         factory = getattr(importlib.import_module(module_name), attr or "create")
         return _cached(ref, factory)
-    from backends.sam import get_interactor
+    from labelpilot.backends.sam import get_interactor
 
     return get_interactor(ref)
 

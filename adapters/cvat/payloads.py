@@ -7,9 +7,8 @@ import binascii
 from typing import Any
 
 import numpy as np
+from labelpilot.backends.images import ImageError, decode_image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from backends.images import ImageError, decode_image
 
 Point = tuple[float, float]
 

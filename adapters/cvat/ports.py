@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 import redis
+from labelpilot.adapters.cvat import config
 
-from adapters.cvat import config
 from labelpilot.redis_conn import as_text
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 One neutral description (`LabelSpec`) rendered two ways: the nuclio ``spec`` annotation (a
 JSON *string*, parsed by CVAT's lambda manager) and cvat-sdk's ``DetectionFunctionSpec`` (in
-`adapters.cvat.functions.detection`).
+`labelpilot.adapters.cvat.functions.detection`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The RQ job (`train_cvat`) first writes a *snapshot* of what it pulled through cvat-sdk
 (labels, each task's annotations, the labelled frames as PNG) and then trains from that
-snapshot with the same pipeline as Label Studio (`trainers.pipeline.run_training`). A
+snapshot with the same pipeline as Label Studio (`labelpilot.trainers.pipeline.run_training`). A
 snapshot can also be given directly (``snapshot=DIR``) to retrain from a saved export.
 
 Which frames train: every frame with at least one shape or tag, plus every frame of a job in
@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-
-from adapters.cvat.annotations import (
+from labelpilot.adapters.cvat.annotations import (
     by_frame,
     choose_task,
     class_names_for,
@@ -34,19 +33,20 @@ from adapters.cvat.annotations import (
     label_infos,
     text_value,
 )
-from backends.errors import ModelNotFoundError
-from backends.images import decode_image
-from backends.model_ref import resolve_model
-from backends.model_store import ModelStore
+from labelpilot.backends.errors import ModelNotFoundError
+from labelpilot.backends.images import decode_image
+from labelpilot.backends.model_ref import resolve_model
+from labelpilot.backends.model_store import ModelStore
+from labelpilot.trainers import queue
+from labelpilot.trainers.job import running_job
+from labelpilot.trainers.pipeline import Progress, TrainRequest, run_training, scratch_model
+from labelpilot.trainers.samples import Sample
+from labelpilot.trainers.settings import load_params
+
 from labelpilot.redis_conn import get_redis
-from trainers import queue
-from trainers.job import running_job
-from trainers.pipeline import Progress, TrainRequest, run_training, scratch_model
-from trainers.samples import Sample
-from trainers.settings import load_params
 
 log = logging.getLogger(__name__)
-JOB_FUNC = "adapters.cvat.training.train_cvat"
+JOB_FUNC = "labelpilot.adapters.cvat.training.train_cvat"
 KINDS = ("task", "project")
 
 
@@ -181,7 +181,7 @@ def train_cvat(kind: str, ident: int, trigger: dict[str, Any] | None = None,
         if snapshot:
             source = Path(snapshot)
         else:
-            from adapters.cvat.client import cvat_client
+            from labelpilot.adapters.cvat.client import cvat_client
 
             source = export_snapshot(cvat_client(), kind, ident, Path(tmp) / "snapshot",
                                      progress)

@@ -20,10 +20,9 @@ from typing import Any
 
 import redis
 from flask import jsonify, request
+from labelpilot.adapters.http_errors import ApiError, validation_message
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.exceptions import LockError
-
-from adapters.http_errors import ApiError, validation_message
 
 SECRET_ENV = "LABELPILOT_CVAT_WEBHOOK_SECRET"
 
@@ -107,7 +106,7 @@ def handle_webhook() -> Any:
         raise ApiError(400, str(exc)) from exc
     if target is None:
         return {"status": "ignored", "event": event.event}
-    from adapters.cvat.training import request_cvat_training
+    from labelpilot.adapters.cvat.training import request_cvat_training
 
     kind, ident = target
     trigger = {"event": event.event, "at": time.time(), "webhook": event.webhook_id,

@@ -6,10 +6,9 @@ import math
 from typing import Any
 
 import numpy as np
-
-from adapters.label_studio.config import ControlSpec
-from backends.geometry import mask_to_polygon
-from backends.shapes import BBox, Instance, Keypoint, RotatedBox
+from labelpilot.adapters.label_studio.config import ControlSpec
+from labelpilot.backends.geometry import mask_to_polygon
+from labelpilot.backends.shapes import BBox, Instance, Keypoint, RotatedBox
 
 
 def chosen_annotation(task: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,14 +10,17 @@ from typing import Any
 
 import redis
 from flask import Flask, Response, g, jsonify, request
-from redis.exceptions import LockError
-
-from adapters.admin import admin_blueprint
-from adapters.cvat.facade import cvat_blueprint, is_cvat_request
-from adapters.http_errors import ApiError, install_error_handlers, json_body
-from adapters.label_studio.config import ConfigError, ControlSpec, ServingPlan, parse_label_config
-from adapters.label_studio.connections import Connections, ProjectConnection
-from adapters.label_studio.interactive import (
+from labelpilot.adapters.admin import admin_blueprint
+from labelpilot.adapters.cvat.facade import cvat_blueprint, is_cvat_request
+from labelpilot.adapters.http_errors import ApiError, install_error_handlers, json_body
+from labelpilot.adapters.label_studio.config import (
+    ConfigError,
+    ControlSpec,
+    ServingPlan,
+    parse_label_config,
+)
+from labelpilot.adapters.label_studio.connections import Connections, ProjectConnection
+from labelpilot.adapters.label_studio.interactive import (
     ClickAnswer,
     answer_click,
     preload_sam,
@@ -25,19 +28,20 @@ from adapters.label_studio.interactive import (
     sam_health,
     sam_version,
 )
-from adapters.label_studio.payloads import (
+from labelpilot.adapters.label_studio.payloads import (
     TRAINING_ACTIONS,
     PredictRequest,
     SetupRequest,
     WebhookEvent,
     project_id,
 )
-from adapters.label_studio.predictor import ModelChoice, Predictor
-from adapters.label_studio.sam_config import SamSetup, batch_plan, sam_setups
-from adapters.label_studio.training import on_training_event
-from adapters.label_studio.webhook import record_training_event
-from adapters.metrics import LATENCY, REQUESTS, WEBHOOK_EVENTS, exposition
-from backends.errors import BackendError, ModelLoadError
+from labelpilot.adapters.label_studio.predictor import ModelChoice, Predictor
+from labelpilot.adapters.label_studio.sam_config import SamSetup, batch_plan, sam_setups
+from labelpilot.adapters.label_studio.training import on_training_event
+from labelpilot.adapters.label_studio.webhook import record_training_event
+from labelpilot.adapters.metrics import LATENCY, REQUESTS, WEBHOOK_EVENTS, exposition
+from labelpilot.backends.errors import BackendError, ModelLoadError
+from redis.exceptions import LockError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
+from labelpilot.adapters.label_studio.auth import TokenAuth
+from labelpilot.adapters.label_studio.image_source import ImageSource
 
-from adapters.label_studio.auth import TokenAuth
-from adapters.label_studio.image_source import ImageSource
 from labelpilot.redis_conn import get_redis
 
 log = logging.getLogger(__name__)

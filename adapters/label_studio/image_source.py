@@ -15,8 +15,7 @@ from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import requests
 import urllib3
-
-from adapters.label_studio.auth import LabelStudioAuthError, TokenAuth
+from labelpilot.adapters.label_studio.auth import LabelStudioAuthError, TokenAuth
 
 _CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:", "azure-spi:")
 _MAX_REDIRECTS = 3

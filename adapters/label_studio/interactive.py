@@ -19,28 +19,27 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from adapters.http_errors import ApiError
-from adapters.label_studio.annotations import ls_rectangle
-from adapters.label_studio.image_source import ImageSource, ImageSourceError
-from adapters.label_studio.payloads import ContextRegion, Task
-from adapters.label_studio.results import brush_value, polygon_value, region_id
-from adapters.label_studio.sam_config import SamSetup, SamTarget
-from backends.embedding_cache import EmbeddingCache
-from backends.errors import BackendError, ModelLoadError
-from backends.geometry import mask_to_polygon, rotated_corners
-from backends.images import ImageError, decode_image
-from backends.interactive import MaskResult, PointPrompt, Prompt
-from backends.sam import (
+from labelpilot.adapters.http_errors import ApiError
+from labelpilot.adapters.label_studio.annotations import ls_rectangle
+from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
+from labelpilot.adapters.label_studio.payloads import ContextRegion, Task
+from labelpilot.adapters.label_studio.results import brush_value, polygon_value, region_id
+from labelpilot.adapters.label_studio.sam_config import SamSetup, SamTarget
+from labelpilot.backends.embedding_cache import EmbeddingCache
+from labelpilot.backends.errors import BackendError, ModelLoadError
+from labelpilot.backends.geometry import mask_to_polygon, rotated_corners
+from labelpilot.backends.images import ImageError, decode_image
+from labelpilot.backends.interactive import MaskResult, PointPrompt, Prompt
+from labelpilot.backends.sam import (
     SamInteractor,
     embedding_cache,
     get_interactor,
     loaded_models,
     parse_sam_ref,
 )
-from backends.sam.refs import ENV_MODEL
-from backends.shapes import BBox
+from labelpilot.backends.sam.refs import ENV_MODEL
+from labelpilot.backends.shapes import BBox
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 log = logging.getLogger(__name__)
 POLYGON_TOLERANCE = 1.5  # pixels

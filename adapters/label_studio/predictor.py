@@ -11,24 +11,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from adapters.label_studio.config import (
+from labelpilot.adapters.label_studio.config import (
     COMPATIBLE_TASKS,
     ControlSpec,
     ServingPlan,
     store_key,
 )
-from adapters.label_studio.image_source import ImageSource, ImageSourceError
-from adapters.label_studio.payloads import Task
-from adapters.label_studio.results import control_results, task_score
-from adapters.metrics import IMAGE_FETCH_ERRORS, PREDICTIONS
-from backends.errors import ModelNotFoundError, ModelTaskError
-from backends.hot_swap import CurrentModels
-from backends.images import ImageError, decode_image
-from backends.model_cache import ModelCache
-from backends.model_ref import model_version, resolve_model
-from backends.model_store import ModelStore
-from backends.yolo import YoloModel
+from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
+from labelpilot.adapters.label_studio.payloads import Task
+from labelpilot.adapters.label_studio.results import control_results, task_score
+from labelpilot.adapters.metrics import IMAGE_FETCH_ERRORS, PREDICTIONS
+from labelpilot.backends.errors import ModelNotFoundError, ModelTaskError
+from labelpilot.backends.hot_swap import CurrentModels
+from labelpilot.backends.images import ImageError, decode_image
+from labelpilot.backends.model_cache import ModelCache
+from labelpilot.backends.model_ref import model_version, resolve_model
+from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.yolo import YoloModel
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-
-from adapters.label_studio.config import ControlSpec
-from backends.geometry import instance_mask, mask_to_polygon, rotated_corners
-from backends.shapes import Instance, Prediction
+from labelpilot.adapters.label_studio.config import ControlSpec
+from labelpilot.backends.geometry import instance_mask, mask_to_polygon, rotated_corners
+from labelpilot.backends.shapes import Instance, Prediction
 
 KEYPOINT_SIZE_PERCENT = 0.75
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from adapters.label_studio.config import ServingPlan, truthy
+from labelpilot.adapters.label_studio.config import ServingPlan, truthy
 
 PROMPT_TAGS = {"KeyPointLabels": "keypointlabels", "RectangleLabels": "rectanglelabels"}
 TARGET_TAGS: dict[str, Literal["brush", "polygon"]] = {"BrushLabels": "brush",

@@ -2,7 +2,7 @@
 
 The job pulls the project's *current* annotations from LS when it starts, so a lost webhook
 loses nothing and deleted annotations are respected; then hands our own `Sample`s to
-`trainers.pipeline`.
+`labelpilot.trainers.pipeline`.
 """
 
 from __future__ import annotations
@@ -14,33 +14,38 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-
-from adapters.label_studio.annotations import POSE_CLASS, task_choices, task_instances, task_poses
-from adapters.label_studio.config import (
+from labelpilot.adapters.label_studio.annotations import (
+    POSE_CLASS,
+    task_choices,
+    task_instances,
+    task_poses,
+)
+from labelpilot.adapters.label_studio.config import (
     DEFAULT_TASK,
     ControlSpec,
     ServingPlan,
     parse_label_config,
     store_key,
 )
-from adapters.label_studio.connections import Connections
-from adapters.label_studio.image_source import ImageSource, ImageSourceError
-from adapters.label_studio.payloads import WebhookEvent
-from backends.errors import ModelNotFoundError
-from backends.images import ImageError, decode_image
-from backends.model_ref import resolve_model
-from backends.model_store import ModelStore
-from backends.shapes import Instance
+from labelpilot.adapters.label_studio.connections import Connections
+from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
+from labelpilot.adapters.label_studio.payloads import WebhookEvent
+from labelpilot.backends.errors import ModelNotFoundError
+from labelpilot.backends.images import ImageError, decode_image
+from labelpilot.backends.model_ref import resolve_model
+from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.shapes import Instance
+from labelpilot.trainers import queue
+from labelpilot.trainers.job import running_job
+from labelpilot.trainers.pipeline import TrainRequest, run_training, scratch_model
+from labelpilot.trainers.samples import Sample
+from labelpilot.trainers.settings import load_params
+
 from labelpilot.redis_conn import get_redis
-from trainers import queue
-from trainers.job import running_job
-from trainers.pipeline import TrainRequest, run_training, scratch_model
-from trainers.samples import Sample
-from trainers.settings import load_params
 
 log = logging.getLogger(__name__)
 TRAINABLE = DEFAULT_TASK  # every control kind trains the model task it is served by
-JOB_FUNC = "adapters.label_studio.training.train_project"
+JOB_FUNC = "labelpilot.adapters.label_studio.training.train_project"
 _CHANGES = "labelpilot:train:changes:ls-{}"
 
 

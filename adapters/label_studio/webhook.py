@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 import redis
+from labelpilot.adapters.label_studio.payloads import WebhookEvent
 
-from adapters.label_studio.payloads import WebhookEvent
 from labelpilot.redis_conn import get_redis
 
 EVENTS_STREAM = "labelpilot:ls:training-events"

@@ -1,7 +1,8 @@
-"""gunicorn entry point: `gunicorn adapters.label_studio.wsgi:app`."""
+"""gunicorn entry point: `gunicorn labelpilot.adapters.label_studio.wsgi:app`."""
 
-from adapters.label_studio.app import create_app
-from backends.offline import configure_ultralytics
+from labelpilot.adapters.label_studio.app import create_app
+from labelpilot.backends.offline import configure_ultralytics
+
 from labelpilot.logging_setup import setup_logging
 
 setup_logging()

@@ -2,9 +2,9 @@
 
 Usage (CVAT interactor, LS adapter, benches)::
 
-    from backends.sam import get_interactor
-    from backends.interactive import PointPrompt, Prompt
-    from backends.shapes import BBox
+    from labelpilot.backends.sam import get_interactor
+    from labelpilot.backends.interactive import PointPrompt, Prompt
+    from labelpilot.backends.shapes import BBox
 
     sam = get_interactor()            # LABELPILOT_SAM_MODEL; or get_interactor("vit_b:/w/sam.pth")
     result = sam.segment(image_bgr, Prompt(points=(PointPrompt(120, 80),
@@ -38,8 +38,13 @@ Other env: LABELPILOT_DEVICE (cuda:0 when present, else cpu), LABELPILOT_SAM_DEC
 
 from __future__ import annotations
 
-from backends.sam.engine import SamInteractor, embedding_cache, get_interactor, loaded_models
-from backends.sam.refs import PromptError, SamSpec, parse_sam_ref
+from labelpilot.backends.sam.engine import (
+           SamInteractor,
+           embedding_cache,
+           get_interactor,
+           loaded_models,
+)
+from labelpilot.backends.sam.refs import PromptError, SamSpec, parse_sam_ref
 
 __all__ = ["PromptError", "SamInteractor", "SamSpec", "embedding_cache", "get_interactor",
            "loaded_models", "parse_sam_ref"]

@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from backends.device import default_device
-from backends.embedding_cache import EmbeddingCache
-from backends.interactive import Interactor, MaskResult, Prompt
-from backends.model_cache import ModelCache
-from backends.sam.decoder import OnnxDecoder, PromptDecoder, TorchDecoder, choose_decoder
-from backends.sam.models import build_network
-from backends.sam.refs import SamSpec, parse_sam_ref
-from backends.sam.shared_store import RedisEmbeddingStore, shared_store
-from backends.sam.transforms import Frame, encode_prompt, preprocess, upscale_mask
+from labelpilot.backends.device import default_device
+from labelpilot.backends.embedding_cache import EmbeddingCache
+from labelpilot.backends.interactive import Interactor, MaskResult, Prompt
+from labelpilot.backends.model_cache import ModelCache
+from labelpilot.backends.sam.decoder import OnnxDecoder, PromptDecoder, TorchDecoder, choose_decoder
+from labelpilot.backends.sam.models import build_network
+from labelpilot.backends.sam.refs import SamSpec, parse_sam_ref
+from labelpilot.backends.sam.shared_store import RedisEmbeddingStore, shared_store
+from labelpilot.backends.sam.transforms import Frame, encode_prompt, preprocess, upscale_mask
 
 log = logging.getLogger(__name__)
 ENV_CACHE_MB = "LABELPILOT_SAM_CACHE_MB"
@@ -81,7 +80,7 @@ def _hash_pixels(image: np.ndarray) -> str:
 
 
 class SamInteractor:
-    """One loaded SAM; thread-safe. Implements `backends.interactive.Interactor`."""
+    """One loaded SAM; thread-safe. Implements `labelpilot.backends.interactive.Interactor`."""
 
     def __init__(self, spec: SamSpec, network: Any, device: str,
                  cache: EmbeddingCache[Embedding] | None = None, decoder: str | None = None,

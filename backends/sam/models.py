@@ -1,7 +1,7 @@
 """Building SAM networks: segment-anything for ViT-B/L/H, ultralytics' builder for MobileSAM.
 
 Both give a module with `image_encoder`, `prompt_encoder` and `mask_decoder` of the same shapes
-(1024 px input, 256 x 64 x 64 embedding), so the rest of backends.sam treats them alike.
+(1024 px input, 256 x 64 x 64 embedding), so the rest of labelpilot.backends.sam treats them alike.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from backends.errors import ModelLoadError, ModelNotFoundError
-from backends.sam.refs import SamSpec
+from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
+from labelpilot.backends.sam.refs import SamSpec
 
 RANDOM_SEED = 0  # random weights are seeded: every worker process builds the same model
 
@@ -29,7 +28,7 @@ def build_network(spec: SamSpec, device: str) -> Any:
 
 def _architecture(spec: SamSpec) -> Any:
     if spec.kind == "mobile_sam":
-        from backends.offline import configure_ultralytics
+        from labelpilot.backends.offline import configure_ultralytics
 
         configure_ultralytics()
         from ultralytics.models.sam.build import build_mobile_sam
@@ -41,8 +40,8 @@ def _architecture(spec: SamSpec) -> Any:
 
 
 def _download(path: Path) -> None:
-    """An ultralytics release asset named in `backends.sam.refs.DOWNLOADABLE`."""
-    from backends.offline import configure_ultralytics
+    """An ultralytics release asset named in `labelpilot.backends.sam.refs.DOWNLOADABLE`."""
+    from labelpilot.backends.offline import configure_ultralytics
 
     configure_ultralytics()
     from ultralytics.utils.downloads import attempt_download_asset

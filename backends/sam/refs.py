@@ -8,8 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-from backends.errors import BackendError, ModelNotFoundError
-from backends.model_ref import downloads_allowed, local_candidates, model_dir, model_version
+from labelpilot.backends.errors import BackendError, ModelNotFoundError
+from labelpilot.backends.model_ref import (
+    downloads_allowed,
+    local_candidates,
+    model_dir,
+    model_version,
+)
 
 SamKind = Literal["mobile_sam", "vit_b", "vit_l", "vit_h"]
 KINDS: tuple[SamKind, ...] = ("mobile_sam", "vit_b", "vit_l", "vit_h")
@@ -63,7 +68,7 @@ def default_ref() -> str:
 
 
 def parse_sam_ref(ref: str | None = None) -> SamSpec:
-    """Parse and check a ref (see backends.sam); the checkpoint must exist on disk."""
+    """Parse and check a ref (see labelpilot.backends.sam); the checkpoint must exist on disk."""
     text = (ref or default_ref()).strip()
     if text.startswith(RANDOM_PREFIX):
         kind = text[len(RANDOM_PREFIX):]

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import redis
 import torch
-
-from backends.sam.transforms import Frame
+from labelpilot.backends.sam.transforms import Frame
 
 log = logging.getLogger(__name__)
 ENV_TTL = "LABELPILOT_SAM_REDIS_TTL"

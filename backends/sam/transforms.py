@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
-from backends.interactive import Prompt
-from backends.sam.refs import PromptError
+from labelpilot.backends.interactive import Prompt
+from labelpilot.backends.sam.refs import PromptError
 
 INPUT_SIZE = 1024
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)

@@ -1,7 +1,7 @@
 """labelpilot's models as `cvat_sdk.auto_annotation` function modules (``create(**params)``).
 
 - `detection`: ``cvat-cli task auto-annotate TASK --function-module
-  adapters.cvat.functions.detection -p model=str:/models/best.pt`` (CVAT Community), and
+  labelpilot.adapters.cvat.functions.detection -p model=str:/models/best.pt`` (CVAT Community), and
   ``cvat-cli function create-native`` / ``run-agent`` (Enterprise/Online);
 - `interaction`: SAM for agents (``function create-native`` / ``run-agent``);
 - `tracking`: the template tracker for agents.

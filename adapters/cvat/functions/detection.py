@@ -1,7 +1,7 @@
 """A YOLO model (any task) as a cvat-sdk detection function.
 
     cvat-cli --server-host URL --auth USER task auto-annotate TASK_ID \\
-        --function-module adapters.cvat.functions.detection \\
+        --function-module labelpilot.adapters.cvat.functions.detection \\
         -p model=str:/models/best.pt [-p conf=float:0.3] [-p score_attribute=bool:true]
 
 ``model`` is a path (or an ultralytics name on a connected machine); its class names become
@@ -19,16 +19,15 @@ from typing import Any
 import cvat_sdk.auto_annotation as cvataa
 import PIL.Image
 from cvat_sdk import models
-
-from adapters.cvat.detector import POINT_THRESHOLD, Detection, detect
-from adapters.cvat.functions import pil_to_bgr
-from adapters.cvat.rle import encode_shape_rle
-from adapters.cvat.spec import SCORE_ATTRIBUTE, LabelSpec, model_labels, skeleton_svg
-from backends.geometry import instance_mask, mask_to_polygon
-from backends.model_ref import resolve_model
-from backends.offline import configure_ultralytics
-from backends.shapes import Instance
-from backends.yolo import YoloModel
+from labelpilot.adapters.cvat.detector import POINT_THRESHOLD, Detection, detect
+from labelpilot.adapters.cvat.functions import pil_to_bgr
+from labelpilot.adapters.cvat.rle import encode_shape_rle
+from labelpilot.adapters.cvat.spec import SCORE_ATTRIBUTE, LabelSpec, model_labels, skeleton_svg
+from labelpilot.backends.geometry import instance_mask, mask_to_polygon
+from labelpilot.backends.model_ref import resolve_model
+from labelpilot.backends.offline import configure_ultralytics
+from labelpilot.backends.shapes import Instance
+from labelpilot.backends.yolo import YoloModel
 
 
 def sdk_label(label: LabelSpec, score_attribute: bool) -> models.PatchedLabelRequest:

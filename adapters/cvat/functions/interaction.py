@@ -1,11 +1,13 @@
 """Segment Anything as a cvat-sdk interaction function (for CVAT agents).
 
     cvat-cli --server-host URL --auth USER function create-native "labelpilot SAM" \\
-        --function-module adapters.cvat.functions.interaction -p model=str:vit_b:/models/sam.pth
+        --function-module labelpilot.adapters.cvat.functions.interaction \\
+        -p model=str:vit_b:/models/sam.pth
     cvat-cli --server-host URL --auth USER function run-agent FUNCTION_ID \\
-        --function-module adapters.cvat.functions.interaction -p model=str:vit_b:/models/sam.pth
+        --function-module labelpilot.adapters.cvat.functions.interaction \\
+        -p model=str:vit_b:/models/sam.pth
 
-``model`` is a SAM reference as `backends.sam` reads it (default LABELPILOT_SAM_MODEL).
+``model`` is a SAM reference as `labelpilot.backends.sam` reads it (default LABELPILOT_SAM_MODEL).
 `preprocess_image` starts the image embedding (SAM's encoder) so that it is cached by the
 time the prompts arrive; `detect` is decoder-only on a cache hit.
 """
@@ -18,10 +20,9 @@ import cvat_sdk.auto_annotation as cvataa
 import numpy as np
 import PIL.Image
 from cvat_sdk import models
-
-from adapters.cvat.functions import pil_to_bgr
-from adapters.cvat.interactor import load_interactor, mask_shape, prompt_from
-from backends.interactive import Interactor
+from labelpilot.adapters.cvat.functions import pil_to_bgr
+from labelpilot.adapters.cvat.interactor import load_interactor, mask_shape, prompt_from
+from labelpilot.backends.interactive import Interactor
 
 # clicks, negative clicks and a box are all optional (at least a click or a box is needed)
 SPEC = cvataa.InteractionFunctionSpec(min_pos_points=0, min_neg_points=0, min_bounding_boxes=0)
@@ -55,10 +56,10 @@ class SamInteractionFunction:
 
 
 def create(model: str = "") -> SamInteractionFunction:
-    from backends.offline import configure_ultralytics
+    from labelpilot.backends.offline import configure_ultralytics
 
     configure_ultralytics()
-    from adapters.cvat.config import sam_ref
+    from labelpilot.adapters.cvat.config import sam_ref
 
     ref = model or sam_ref()
     if not ref:

@@ -1,11 +1,11 @@
 """The template tracker as a cvat-sdk tracking function (for CVAT agents).
 
     cvat-cli --server-host URL --auth USER function create-native "labelpilot tracker" \\
-        --function-module adapters.cvat.functions.tracking
+        --function-module labelpilot.adapters.cvat.functions.tracking
     cvat-cli --server-host URL --auth USER function run-agent FUNCTION_ID \\
-        --function-module adapters.cvat.functions.tracking
+        --function-module labelpilot.adapters.cvat.functions.tracking
 
-Same algorithm and state as the nuclio facade's tracker (see `adapters.cvat.tracker`).
+Same algorithm and state as the nuclio facade's tracker (see `labelpilot.adapters.cvat.tracker`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from typing import Any
 import cvat_sdk.auto_annotation as cvataa
 import numpy as np
 import PIL.Image
-
-from adapters.cvat import tracker
-from adapters.cvat.functions import pil_to_bgr
+from labelpilot.adapters.cvat import tracker
+from labelpilot.adapters.cvat.functions import pil_to_bgr
 
 SPEC = cvataa.TrackingFunctionSpec(supported_shape_types=tracker.SUPPORTED_SHAPE_TYPES)
 
