@@ -1,31 +1,23 @@
-"""Admin HTTP endpoints (vetting, promotion, rollback, settings) and job progress.
+"""Admin HTTP endpoints (vetting, promotion, rollback, settings), job progress and metrics.
 
 Admin calls need ``Authorization: Bearer $LABELPILOT_ADMIN_TOKEN``; without that variable
-they are refused, so nothing is exposed by default. Job progress is readable like /predict.
+they are refused, so nothing is exposed by default. Job progress and /metrics are readable
+like /predict (behind the backend's basic auth when it is set).
 """
 
 from __future__ import annotations
 
-import hmac
-import os
 from typing import Any
 
-from flask import Blueprint, request
+import redis
+from flask import Blueprint, Response, request
+
+from labelpilot.adapters.http_auth import BasicAuth, BearerToken
 from labelpilot.adapters.http_errors import ApiError
+from labelpilot.adapters.metrics import exposition
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.trainers import queue
 from labelpilot.trainers.settings import load_params, save_params
-
-from labelpilot.redis_conn import get_redis
-
-
-def _require_admin() -> None:
-    token = os.environ.get("LABELPILOT_ADMIN_TOKEN", "")
-    if not token:
-        raise ApiError(403, "admin endpoints are off: set LABELPILOT_ADMIN_TOKEN on the server")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given, token):
-        raise ApiError(401, "admin token missing or wrong: send 'Authorization: Bearer <token>'")
 
 
 def describe(store: ModelStore, key: str) -> dict[str, Any]:
@@ -40,14 +32,28 @@ def describe(store: ModelStore, key: str) -> dict[str, Any]:
     return {"key": key, "current": current.version if current else None, "versions": versions}
 
 
-def admin_blueprint(store: ModelStore) -> Blueprint:
+def admin_blueprint(store: ModelStore, connection: redis.Redis, admin: BearerToken | None,
+                    auth: BasicAuth | None = None) -> Blueprint:
+    """`admin`: the token the /admin endpoints need (None: they are off); `auth`: the
+    backend's basic auth, which /jobs and /metrics need like /predict."""
     bp = Blueprint("admin", __name__)
+
+    if auth is not None:
+        @bp.before_request
+        def _authenticate() -> None:
+            auth.check(request)
+
+    def _require_admin() -> None:
+        if admin is None:
+            raise ApiError(403, "admin endpoints are off: set LABELPILOT_ADMIN_TOKEN on the "
+                                "server")
+        admin.check(request)
 
     @bp.get("/jobs")
     def list_jobs() -> Any:
         key = request.args.get("key") or (f"ls-{request.args['project']}"
                                           if request.args.get("project") else None)
-        return {"jobs": queue.jobs(get_redis(), key)}
+        return {"jobs": queue.jobs(connection, key)}
 
     @bp.get("/admin/models")
     def models() -> Any:
@@ -78,7 +84,6 @@ def admin_blueprint(store: ModelStore) -> Blueprint:
     @bp.route("/admin/projects/<project>/settings", methods=["GET", "PUT"])
     def settings(project: str) -> Any:
         _require_admin()
-        connection = get_redis()
         if request.method == "GET":
             return vars(load_params(connection, project))
         try:
@@ -86,5 +91,10 @@ def admin_blueprint(store: ModelStore) -> Blueprint:
         except (TypeError, ValueError) as exc:
             raise ApiError(400, f"bad settings: {exc}") from exc
         return vars(params)
+
+    @bp.get("/metrics")
+    def metrics() -> Response:
+        payload, content_type = exposition()
+        return Response(payload, content_type=content_type)
 
     return bp

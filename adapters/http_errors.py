@@ -10,10 +10,12 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any):
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -42,7 +44,9 @@ def validation_message(exc: ValidationError) -> str:
 def install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.message, **exc.extra)
+        response, status = error_response(exc.status, exc.message, **exc.extra)
+        response.headers.update(exc.headers)
+        return response, status
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):

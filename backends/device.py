@@ -1,14 +1,15 @@
-"""Where models run: CUDA when present, else CPU; `LABELPILOT_DEVICE` overrides."""
+"""Where models run: the configured device, else CUDA when present, else CPU."""
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 
 @cache
-def default_device() -> str:
-    forced = os.environ.get("LABELPILOT_DEVICE", "").strip()
+def select_device(preferred: str = "") -> str:
+    """`preferred` (``cpu``, ``cuda:0``, ... from LABELPILOT_DEVICE) when given, else
+    ``cuda:0`` when torch sees a GPU, else ``cpu``."""
+    forced = preferred.strip()
     if forced:
         return forced
     import torch

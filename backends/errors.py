@@ -15,3 +15,7 @@ class ModelLoadError(BackendError):
 
 class ModelTaskError(BackendError):
     """The model cannot produce what was asked (e.g. polygons from a detect model)."""
+
+
+class UnknownTaskError(BackendError, ValueError):
+    """A model task name that is not one of `labelpilot.backends.tasks.TASKS`."""

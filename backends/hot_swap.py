@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import redis
+
 from labelpilot.backends.model_store import UPDATES_CHANNEL, ModelStore, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class CurrentModels:
             time.sleep(self._poll)
 
     def _listen(self) -> None:
-        pubsub = self.store.redis().pubsub(ignore_subscribe_messages=True)
+        pubsub = self.store.connection.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(UPDATES_CHANNEL)
         try:
             while True:

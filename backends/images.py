@@ -7,15 +7,13 @@ OpenCV's convention). Every failure is an `ImageError` whose message says what t
 from __future__ import annotations
 
 import io
-import os
 import warnings
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 64_000_000
-ENV_MAX_PIXELS = "LABELPILOT_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 64_000_000  # the default of LABELPILOT_MAX_IMAGE_PIXELS
 _FAST_MODES = ("RGB", "L")
 _JPEG_END = b"\xff\xd9"
 _PNG_END = b"IEND\xaeB`\x82"
@@ -25,14 +23,10 @@ class ImageError(ValueError):
     """The bytes are not an image the backends can use."""
 
 
-def max_image_pixels() -> int:
-    """The pixel limit: LABELPILOT_MAX_IMAGE_PIXELS, else 64 MP (prediction, clicks, training)."""
-    return int(os.environ.get(ENV_MAX_PIXELS, str(DEFAULT_MAX_PIXELS)))
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode, apply EXIF orientation, normalise 16-bit / grayscale / alpha / CMYK to BGR.
 
-
-def decode_image(data: bytes, *, max_pixels: int | None = None) -> np.ndarray:
-    """Decode, apply EXIF orientation, normalise 16-bit / grayscale / alpha / CMYK to BGR."""
-    max_pixels = max_pixels or max_image_pixels()
+    Images over `max_pixels` are refused from their header, before decoding."""
     if not data:
         raise ImageError("the image is empty (0 bytes)")
     try:

@@ -15,13 +15,12 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
-from labelpilot.backends.model_ref import model_dir
 
 log = logging.getLogger(__name__)
 UPDATES_CHANNEL = "labelpilot:model-updates"
@@ -49,18 +48,12 @@ class ModelVersion:
 
 
 class ModelStore:
-    def __init__(self, root: Path | None = None,
-                 redis_factory: Callable[[], redis.Redis] | None = None):
-        self.root = root or model_dir() / "store"
-        self._redis_factory = redis_factory
+    """Versions under `root` (``MODEL_DIR/store``); `connection`: the Redis holding the
+    pointers and the updates channel."""
 
-    def redis(self) -> redis.Redis:
-        """The Redis holding the pointers and the updates channel."""
-        if self._redis_factory is not None:
-            return self._redis_factory()
-        from labelpilot.redis_conn import get_redis
-
-        return get_redis()
+    def __init__(self, root: Path, connection: redis.Redis):
+        self.root = root
+        self.connection = connection
 
     def versions(self, key: str) -> list[ModelVersion]:
         directory = self.root / key
@@ -104,7 +97,7 @@ class ModelStore:
         that lost its data: promotion writes both)."""
         version: str | None = None
         try:
-            raw = self.redis().get(_POINTER.format(key))
+            raw = self.connection.get(_POINTER.format(key))
             version = raw.decode() if isinstance(raw, bytes) else raw
         except redis.RedisError:
             pass
@@ -126,7 +119,7 @@ class ModelStore:
         tmp = pointer.with_name(f".CURRENT-{uuid.uuid4().hex}")
         tmp.write_text(version)
         os.replace(tmp, pointer)
-        client = self.redis()
+        client = self.connection
         client.set(_POINTER.format(key), version)
         client.rpush(f"labelpilot:model:{key}:history", json.dumps(
             {"version": version, "by": by, "at": time.time()}))
@@ -144,7 +137,7 @@ class ModelStore:
         return self.promote(key, previous[-1], by=by)
 
     def history(self, key: str) -> list[dict[str, Any]]:
-        raw = self.redis().lrange(f"labelpilot:model:{key}:history", 0, -1)
+        raw = self.connection.lrange(f"labelpilot:model:{key}:history", 0, -1)
         return [json.loads(r) for r in raw]
 
     def model_keys(self) -> list[str]:

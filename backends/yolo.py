@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from labelpilot.backends.device import default_device
+
+from labelpilot.backends.device import select_device
 from labelpilot.backends.errors import ModelLoadError
 from labelpilot.backends.offline import import_ultralytics
 from labelpilot.backends.shapes import BBox, ClassScore, Instance, Keypoint, Prediction, RotatedBox
 
 log = logging.getLogger(__name__)
-
-TASKS = ("detect", "segment", "pose", "obb", "classify")
+DEFAULT_MAX_BATCH = 16  # the default of LABELPILOT_MAX_BATCH
 
 
 class YoloModel:
-    """A YOLO model loaded once; `predict` is safe to call from several threads."""
+    """A YOLO model loaded once; `predict` is safe to call from several threads.
 
-    def __init__(self, weights: str, *, device: str | None = None, task: str | None = None):
+    `device`: ``cpu``, ``cuda:0``, ... (empty: CUDA when present, else CPU); `max_batch`: images
+    per model call (1: one at a time; batching measured faster on a 2-core CPU too, bench/).
+    """
+
+    def __init__(self, weights: str, *, device: str = "", task: str | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH):
         import_ultralytics()
         from ultralytics import YOLO
 
         self.weights = weights
-        self.device: str = device or default_device()
+        self.device: str = select_device(device)
         try:
             self._model = YOLO(weights, task=task)
         except Exception as exc:  # ultralytics raises many kinds; all mean "cannot load"
@@ -41,7 +45,7 @@ class YoloModel:
         kpt_shape = (getattr(self._model.model, "yaml", None) or {}).get("kpt_shape")
         self.keypoint_count: int = int(kpt_shape[0]) if self.task == "pose" and kpt_shape else 0
         self._lock = threading.Lock()
-        self._batch = _batch_size()
+        self._batch = max(1, max_batch)
         log.info("loaded %s (task=%s, %d classes) on %s", weights, self.task,
                  len(self.class_names), self.device)
 
@@ -63,13 +67,6 @@ class YoloModel:
                 # ultralytics runs a list one image at a time unless `batch` says otherwise
                 results.extend(self._model.predict(chunk, batch=len(chunk), **kwargs))
         return [convert(result, self.class_names) for result in results]
-
-
-def _batch_size() -> int:
-    """Images per model call. Batching measured faster on this 2-core CPU too (bench/)."""
-    if os.environ.get("LABELPILOT_BATCH_MODE", "auto") == "loop":
-        return 1
-    return max(1, int(os.environ.get("LABELPILOT_MAX_BATCH", "16")))
 
 
 def _numpy(tensor: Any) -> np.ndarray:
@@ -143,6 +140,7 @@ def _classify(result: Any, names: tuple[str, ...]) -> Prediction:
                                                    for i in order))
 
 
+# ultralytics result → our shapes, per task of `labelpilot.backends.tasks.TASKS`
 _CONVERTERS: dict[str, Callable[[Any, tuple[str, ...]], Prediction]] = {
     "detect": _detect, "segment": _segment, "pose": _pose, "obb": _obb, "classify": _classify,
 }

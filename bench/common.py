@@ -61,6 +61,7 @@ def default_model() -> Path:
 
 def make_images(directory: Path, count: int, size: int, seed: int = 0) -> list[Path]:
     import cv2
+
     from labelpilot.trainers.synthetic import make_image
 
     rng = random.Random(seed)

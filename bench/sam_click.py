@@ -89,12 +89,15 @@ def bench_in_process(kind: str, photo: Path, clicks: int) -> dict[str, Any]:
     import cv2
     import numpy as np
     from label_studio_sdk.converter.brush import mask2rle
+
     from labelpilot.backends.embedding_cache import EmbeddingCache
     from labelpilot.backends.interactive import PointPrompt, Prompt
+    from labelpilot.backends.model_ref import ModelLocator
     from labelpilot.backends.sam import SamInteractor, parse_sam_ref
 
     started = time.perf_counter()
-    sam = SamInteractor.load(parse_sam_ref(f"random:{kind}"), device="cpu",
+    spec = parse_sam_ref(f"random:{kind}", ModelLocator(Path("models"), download=False))
+    sam = SamInteractor.load(spec, device="cpu",
                              cache=EmbeddingCache(1 << 30, lambda e: e.nbytes))
     load_s = time.perf_counter() - started
     image = cv2.imread(str(photo))

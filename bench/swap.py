@@ -81,7 +81,7 @@ def fill_store(store_root: Path, connection: redis.Redis) -> None:
     from labelpilot.backends.model_store import ModelStore
     from labelpilot.trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
 
-    store = ModelStore(root=store_root, redis_factory=lambda: connection)
+    store = ModelStore(store_root, connection)
     weak = ensure_shapes_model(REPO / ".cache" / "models", WEAK_RECIPE)
     good = default_model()
     store.write_version(KEY, weak, {"source": str(weak), "recipe": "weak"})
@@ -92,7 +92,7 @@ def fill_store(store_root: Path, connection: redis.Redis) -> None:
 def store_for(store_root: Path, connection: redis.Redis) -> Any:
     from labelpilot.backends.model_store import ModelStore
 
-    return ModelStore(root=store_root, redis_factory=lambda: connection)
+    return ModelStore(store_root, connection)
 
 
 # --------------------------------------------------------------------------- load

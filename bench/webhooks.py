@@ -161,9 +161,10 @@ def coalesced(jobs: dict[str, dict[str, Any]]) -> int:
 
 def mark_running(connection: redis.Redis, project: int, job_id: str) -> None:
     """What an RQ worker does when it picks the job up (as tests/test_training_queue.py)."""
-    from labelpilot.trainers import queue
     from rq import Queue
     from rq.job import Job, JobStatus
+
+    from labelpilot.trainers import queue
 
     job = Job.fetch(job_id, connection=connection)
     Queue(queue.QUEUE_NAME, connection=connection).remove(job)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import getpass
+from typing import TYPE_CHECKING
 
 import typer
 
 from labelpilot.logging_setup import setup_logging
+from labelpilot.settings import Settings, SettingsError, load_settings, secret
+
+if TYPE_CHECKING:
+    from labelpilot.backends.model_store import ModelStore
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="ML backends for Label Studio and CVAT.")
@@ -16,9 +21,29 @@ models_app = typer.Typer(no_args_is_help=True, help="Vet, promote and roll back 
 app.add_typer(models_app, name="models")
 
 
+def _user() -> str:
+    """Who ran the command, for the audit trail ("" when the system cannot say)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings: Settings = ctx.ensure_object(dict)["settings"]
+    return settings
+
+
 @app.callback()
-def _main() -> None:
-    setup_logging()
+def _main(ctx: typer.Context) -> None:
+    """Every command starts from the settings, checked once (a bad value stops here)."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(f"labelpilot: {exc}", err=True)
+        raise typer.Exit(2) from None
+    ctx.ensure_object(dict)["settings"] = settings
+    setup_logging(settings.log_level)
     from labelpilot.backends.offline import configure_ultralytics
 
     configure_ultralytics()
@@ -26,34 +51,59 @@ def _main() -> None:
 
 @app.command()
 def serve(
-    host: str = typer.Option("0.0.0.0", envvar="LABELPILOT_HOST"),
-    port: int = typer.Option(9090, envvar="PORT"),
-    workers: int = typer.Option(2, envvar="WORKERS", help="gunicorn worker processes"),
-    threads: int = typer.Option(4, envvar="THREADS", help="threads per worker"),
+    ctx: typer.Context,
+    host: str = typer.Option(None, help="address to bind [LABELPILOT_HOST]"),
+    port: int = typer.Option(None, help="port of the Label Studio endpoints [PORT]"),
+    workers: int = typer.Option(None, help="gunicorn worker processes [WORKERS]"),
+    threads: int = typer.Option(None, help="threads per worker [THREADS]"),
     worker: bool = typer.Option(True, help="also start one RQ worker"),
-    cvat_port: int = typer.Option(0, envvar="LABELPILOT_CVAT_PORT", help="also serve on this "
-                                  "port (e.g. 8070, CVAT_NUCLIO_PORT) for CVAT's network"),
-    cvat_direct_ports: str = typer.Option("", envvar="LABELPILOT_CVAT_DIRECT_PORTS", help="port "
-                                          "range for CVAT's direct invoke mode, e.g. 32001-32016"),
+    cvat_port: int = typer.Option(None, help="also serve on this port (e.g. 8070, "
+                                  "CVAT_NUCLIO_PORT) for CVAT's network [LABELPILOT_CVAT_PORT]"),
+    cvat_direct_ports: str = typer.Option(None, help="port range for CVAT's direct invoke "
+                                          "mode, e.g. 32001-32016 [LABELPILOT_CVAT_DIRECT_PORTS]"),
 ) -> None:
-    """Serve the ML backend (gunicorn) plus an RQ worker; embedded Redis if REDIS_URL is unset."""
-    from labelpilot.adapters.cvat.commands import serving_ports
+    """Serve the ML backend (gunicorn) plus an RQ worker; embedded Redis if REDIS_URL is unset.
+    Options override the settings from the environment."""
+    from labelpilot.cvat_commands import serving_ports
     from labelpilot.serving import run_serve
 
-    extra = serving_ports(cvat_port, cvat_direct_ports)
-    raise typer.Exit(run_serve(host, port, workers, threads, worker, extra_ports=extra))
+    given = {k: v for k, v in {"host": host, "port": port, "workers": workers,
+                               "threads": threads, "cvat_port": cvat_port,
+                               "cvat_direct_ports": cvat_direct_ports}.items() if v is not None}
+    try:
+        settings = _settings(ctx).with_overrides(**given)
+        extra = serving_ports(settings)
+    except SettingsError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    # the server's processes read the same settings: options reach them as variables
+    raise typer.Exit(run_serve(settings, worker, extra_ports=extra,
+                               extra_env=settings.env_of(given)))
 
 
 @app.command("worker")
-def worker_command() -> None:
+def worker_command(ctx: typer.Context) -> None:
     """Run an RQ worker for training jobs (start more on other hosts with the same REDIS_URL)."""
     from labelpilot.serving import run_worker
 
-    run_worker()
+    run_worker(_settings(ctx))
+
+
+@app.command("config")
+def config_command(ctx: typer.Context, markdown: bool = typer.Option(
+        False, help="print the README's configuration tables instead")) -> None:
+    """The settings in effect (from the environment; secrets hidden)."""
+    from labelpilot.settings import settings_markdown
+
+    if markdown:
+        typer.echo(settings_markdown(), nl=False)
+        return
+    for env, value in _settings(ctx).described():
+        typer.echo(f"{env}={value}")
 
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     port: int = typer.Option(18080, help="Label Studio port"),
     backend_port: int = typer.Option(9090, help="labelpilot port"),
     model: str = typer.Option("", help="detection weights (default: yolo11n.pt, else offline "
@@ -63,48 +113,63 @@ def demo(
     """Label Studio + labelpilot + a demo project with pre-annotations, until Ctrl+C."""
     from labelpilot.demo import run_demo
 
-    run_demo(ls_port=port, backend_port=backend_port, model=model or None, wait=wait)
+    run_demo(_settings(ctx), ls_port=port, backend_port=backend_port, model=model or None,
+             wait=wait)
 
 
 @connect_app.command("label-studio")
 def connect_label_studio(
+    ctx: typer.Context,
     project: int = typer.Option(..., help="Label Studio project id"),
     backend_url: str = typer.Option("http://127.0.0.1:9090", help="labelpilot URL as LS sees it"),
-    url: str = typer.Option(..., envvar="LABEL_STUDIO_URL", help="Label Studio URL"),
-    api_key: str = typer.Option(..., envvar="LABEL_STUDIO_API_KEY", help="LS API token"),
+    url: str = typer.Option(None, help="Label Studio URL [LABEL_STUDIO_URL]"),
+    api_key: str = typer.Option(None, help="LS legacy token or personal access token "
+                                "[LABEL_STUDIO_API_KEY]"),
     interactive: bool = typer.Option(False, help="use for interactive (SAM) pre-annotation"),
 ) -> None:
     """Add labelpilot as the project's ML backend (LS then creates the training webhook)."""
-    from labelpilot.ls_admin import LabelStudioAdmin
+    from labelpilot.adapters.label_studio.client import LabelStudioClient
 
-    admin = LabelStudioAdmin(url, api_key)
+    settings = _settings(ctx)
+    url = url or settings.label_studio_url or ""
+    api_key = api_key or secret(settings.label_studio_api_key) or ""
+    if not url or not api_key:
+        raise typer.BadParameter("give --url and --api-key (or set LABEL_STUDIO_URL and "
+                                 "LABEL_STUDIO_API_KEY)")
+    admin = LabelStudioClient(url, api_key)
     backend_id = admin.connect_backend(project, backend_url, interactive=interactive)
     typer.echo(f"connected: ML backend {backend_id} on project {project} -> {backend_url}")
-    if os.environ.get("BASIC_AUTH_USER"):
+    if settings.basic_auth_user:
         typer.echo("note: BASIC_AUTH_USER is set; set the same user/password in LS model settings")
 
 
 @connect_app.command("cvat")
 def connect_cvat(
+    ctx: typer.Context,
     backend_url: str = typer.Option("http://labelpilot:9090", help="labelpilot's URL as CVAT's "
                                     "containers reach it (the nuclio facade and the webhook)"),
-    cvat_url: str = typer.Option("", envvar="CVAT_URL", help="CVAT's URL: with credentials, "
-                                 "the webhook is registered through CVAT's API"),
+    cvat_url: str = typer.Option(None, help="CVAT's URL: with credentials, the webhook is "
+                                 "registered through CVAT's API [CVAT_URL]"),
     project: int = typer.Option(None, help="CVAT project id for the training webhook"),
-    organization: str = typer.Option("", envvar="CVAT_ORG", help="or an organization slug "
-                                     "(organization-wide webhook)"),
-    secret: str = typer.Option("", envvar="LABELPILOT_CVAT_WEBHOOK_SECRET",
-                               help="webhook secret (the server checks X-Signature-256)"),
+    organization: str = typer.Option(None, help="or an organization slug (organization-wide "
+                                     "webhook) [CVAT_ORG]"),
+    webhook_secret: str = typer.Option(None, "--secret", help="webhook secret (the server "
+                                       "checks X-Signature-256) [LABELPILOT_CVAT_WEBHOOK_SECRET]"),
 ) -> None:
     """Print CVAT's settings for labelpilot; register the training webhook when possible."""
-    from labelpilot.adapters.cvat.commands import connect_cvat_command
+    from labelpilot.cvat_commands import connect_cvat_command
+    from labelpilot.runtime import cvat_access
 
-    typer.echo(connect_cvat_command(backend_url, cvat_url or None, project, organization or None,
-                                    secret or None))
+    settings = _settings(ctx)
+    access = cvat_access(settings).with_url(cvat_url)
+    typer.echo(connect_cvat_command(backend_url, access, project,
+                                    organization or settings.cvat_org,
+                                    webhook_secret or secret(settings.cvat_webhook_secret)))
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     ls_project: int = typer.Option(None, "--ls-project", help="Label Studio project id"),
     cvat_task: int = typer.Option(None, "--cvat-task", help="CVAT task id (CVAT_URL + creds)"),
     cvat_project: int = typer.Option(None, "--cvat-project", help="CVAT project id"),
@@ -113,34 +178,37 @@ def train(
     wait: bool = typer.Option(False, help="run here and wait instead of queueing for a worker"),
 ) -> None:
     """Train a model now from the current labels of a Label Studio project or a CVAT task."""
-    from labelpilot.adapters.label_studio.training import JOB_FUNC, train_project
-    from labelpilot.redis_conn import get_redis
-    from labelpilot.trainers.queue import request_training
+    from labelpilot import jobs
+    from labelpilot.adapters.label_studio.training import request_project_training
+    from labelpilot.redis_conn import connect
 
-    trigger = {"event": "CLI", "user": os.environ.get("USER", "")}
+    connection = connect(_settings(ctx))
+    trigger = {"event": "CLI", "user": _user()}
     if cvat_task is not None or cvat_project is not None:
-        from labelpilot.adapters.cvat.commands import train_cvat_command
+        from labelpilot.cvat_commands import train_cvat_command
 
-        typer.echo(train_cvat_command(cvat_task, cvat_project, task_type or None, wait, trigger))
+        typer.echo(train_cvat_command(cvat_task, cvat_project, task_type or None, wait, trigger,
+                                      train_now=jobs.train_cvat,
+                                      request=jobs.cvat_hook(connection)))
         return
     if ls_project is None:
         raise typer.BadParameter("give --ls-project, --cvat-task or --cvat-project")
     if wait:
-        result = train_project(ls_project, trigger)
+        result = jobs.train_label_studio(ls_project, trigger)
         typer.echo(f"{result['model_version']}: {result['decision']['reason']}")
         return
-    queued = request_training(get_redis(), f"ls-{ls_project}", JOB_FUNC,
-                              {"project_id": ls_project, "trigger": trigger}, trigger)
+    queued = request_project_training(connection, jobs.LABEL_STUDIO_JOB, ls_project, trigger)
     typer.echo(f"{queued.outcome}: job {queued.job_id} (see: labelpilot jobs)")
 
 
 @app.command()
-def jobs(key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> None:
+def jobs(ctx: typer.Context,
+         key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> None:
     """Training jobs with their progress (phase, epoch, metrics)."""
-    from labelpilot.redis_conn import get_redis
+    from labelpilot.redis_conn import connect
     from labelpilot.trainers.queue import jobs as list_jobs
 
-    for job in list_jobs(get_redis(), key or None):
+    for job in list_jobs(connect(_settings(ctx)), key or None):
         meta = job["meta"]
         where = (f"epoch {meta.get('epoch')}/{meta.get('epochs')}"
                  if meta.get("phase") == "training" else meta.get("phase"))
@@ -151,6 +219,7 @@ def jobs(key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> 
 
 @app.command()
 def settings(
+    ctx: typer.Context,
     project: str = typer.Argument(..., help="e.g. ls-3"),
     epochs: int = typer.Option(None), imgsz: int = typer.Option(None),
     batch: int = typer.Option(None), patience: int = typer.Option(None),
@@ -161,11 +230,11 @@ def settings(
                                    "trained from YAML (e.g. a detect model for a pose one)"),
 ) -> None:
     """Show or change a project's training settings."""
-    from labelpilot.redis_conn import get_redis
+    from labelpilot.redis_conn import connect
     from labelpilot.trainers.settings import save_params
 
-    params = save_params(get_redis(), project, epochs=epochs, imgsz=imgsz, batch=batch,
-                         patience=patience, promotion=promotion, margin=margin,
+    params = save_params(connect(_settings(ctx)), project, epochs=epochs, imgsz=imgsz,
+                         batch=batch, patience=patience, promotion=promotion, margin=margin,
                          train_every=train_every, pretrained=pretrained)
     typer.echo(" ".join(f"{k}={v}" for k, v in vars(params).items()))
 
@@ -179,13 +248,20 @@ def _metric_name(metrics: dict[str, float]) -> str:
     return "top-1 accuracy" if "accuracy_top1" in metrics else "mAP50-95"
 
 
+def _store(ctx: typer.Context) -> ModelStore:
+    from labelpilot.redis_conn import connect
+    from labelpilot.runtime import model_store
+
+    settings = _settings(ctx)
+    return model_store(settings, connect(settings))
+
+
 @models_app.command("list")
-def models_list() -> None:
+def models_list(ctx: typer.Context) -> None:
     """Every model key with its versions, metrics and which one serves."""
     from labelpilot.adapters.admin import describe
-    from labelpilot.backends.model_store import ModelStore
 
-    store = ModelStore()
+    store = _store(ctx)
     for key in store.model_keys():
         for v in describe(store, key)["versions"]:
             cand = (v["metrics"] or {}).get("candidate") or {}
@@ -197,20 +273,16 @@ def models_list() -> None:
 
 
 @models_app.command("promote")
-def models_promote(key: str, version: str) -> None:
+def models_promote(ctx: typer.Context, key: str, version: str) -> None:
     """Serve `version` of `key` everywhere (hot-swapped by every server)."""
-    from labelpilot.backends.model_store import ModelStore
-
-    ModelStore().promote(key, version, by=f"cli:{os.environ.get('USER', '')}")
+    _store(ctx).promote(key, version, by=f"cli:{_user()}")
     typer.echo(f"{key} -> {version}")
 
 
 @models_app.command("rollback")
-def models_rollback(key: str) -> None:
+def models_rollback(ctx: typer.Context, key: str) -> None:
     """Go back to the version that served before the current one."""
-    from labelpilot.backends.model_store import ModelStore
-
-    version = ModelStore().rollback(key, by=f"cli:{os.environ.get('USER', '')}")
+    version = _store(ctx).rollback(key, by=f"cli:{_user()}")
     typer.echo(f"{key} -> {version.version}")
 
 

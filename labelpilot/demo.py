@@ -7,7 +7,6 @@ says so and trains a small detector on generated shapes (~2.5 min once, cached) 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 import threading
@@ -18,11 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from labelpilot.adapters.label_studio.client import LabelStudioClient
 from labelpilot.backends.errors import BackendError
 from labelpilot.label_config import load
 from labelpilot.label_studio_server import REPO, LabelStudioServer
-from labelpilot.ls_admin import LabelStudioAdmin
-from labelpilot.serving import backend_processes, data_dir, ensure_redis, wait_healthy
+from labelpilot.serving import backend_processes, ensure_redis, wait_healthy
+from labelpilot.settings import Settings
 
 log = logging.getLogger(__name__)
 PROJECT_TITLE = "labelpilot demo"
@@ -65,13 +65,13 @@ def sample_images(directory: Path, with_shapes: bool) -> list[Path]:
     return paths
 
 
-def choose_model(requested: str | None) -> DemoModel:
-    from labelpilot.backends.model_ref import resolve_model
+def choose_model(settings: Settings, requested: str | None) -> DemoModel:
     from labelpilot.backends.yolo import YoloModel
+    from labelpilot.runtime import model_locator
 
-    ref = requested or os.environ.get("LABELPILOT_MODEL_DETECT") or "yolo11n.pt"
+    ref = requested or settings.task_model("detect")
     try:
-        YoloModel(resolve_model(ref))
+        YoloModel(model_locator(settings).resolve(ref))
         return DemoModel(ref, "detection", f"{ref} (COCO classes)")
     except BackendError as exc:
         if requested:
@@ -87,38 +87,37 @@ def choose_model(requested: str | None) -> DemoModel:
                      "half-trained YOLO11n for generated shapes (offline fallback)")
 
 
-def _find_project(admin: LabelStudioAdmin, title: str = PROJECT_TITLE) -> int | None:
-    for project in admin.client.projects.list():
-        if project.title == title:
-            return int(project.id)  # type: ignore[arg-type]
-    return None
+def _find_project(admin: LabelStudioClient, title: str = PROJECT_TITLE) -> int | None:
+    return admin.find_project(title)
 
 
-def choose_sam_model() -> tuple[str, str]:
+def choose_sam_model(settings: Settings) -> tuple[str, str]:
     """(ref, description): LABELPILOT_SAM_MODEL, a SAM checkpoint in MODEL_DIR, MobileSAM
     downloaded by ultralytics, else random MobileSAM weights, said loudly (offline)."""
-    from labelpilot.backends.model_ref import model_dir
     from labelpilot.backends.sam import parse_sam_ref
     from labelpilot.backends.sam.models import build_network
+    from labelpilot.runtime import model_locator
 
-    ref = os.environ.get("LABELPILOT_SAM_MODEL", "").strip()
+    ref = settings.sam_model.strip()
     if ref:
         return ref, ref
+    locator = model_locator(settings)
+    model_dir = locator.model_dir
     for name in ("mobile_sam.pt", "sam_vit_b_01ec64.pth", "sam_b.pt"):
-        if (model_dir() / name).is_file():
-            return str(model_dir() / name), name
+        if (model_dir / name).is_file():
+            return str(model_dir / name), name
     try:  # ultralytics' release asset, on a connected machine
-        build_network(parse_sam_ref("mobile_sam.pt"), "cpu")
-        return str(model_dir() / "mobile_sam.pt"), "MobileSAM (mobile_sam.pt)"
+        build_network(parse_sam_ref("mobile_sam.pt", locator), "cpu")
+        return str(model_dir / "mobile_sam.pt"), "MobileSAM (mobile_sam.pt)"
     except BackendError as exc:
         log.warning("mobile_sam.pt is not available here (%s).", str(exc).splitlines()[0][:200])
     log.warning("No SAM checkpoint (LABELPILOT_SAM_MODEL unset, no mobile_sam.pt or "
                 "sam_vit_b_01ec64.pth in MODEL_DIR=%s, no download): the SAM demo project uses "
-                "RANDOM MobileSAM weights, so clicks return meaningless masks.", model_dir())
+                "RANDOM MobileSAM weights, so clicks return meaningless masks.", model_dir)
     return "random:mobile_sam", "MobileSAM with RANDOM weights (no checkpoint found)"
 
 
-def _sam_project(admin: LabelStudioAdmin, backend_url: str, root: Path) -> int:
+def _sam_project(admin: LabelStudioClient, backend_url: str, root: Path) -> int:
     """A project with the interactive SAM config; batch predictions prewarm its embeddings."""
     project = _find_project(admin, SAM_PROJECT_TITLE)
     if project is None:
@@ -129,25 +128,29 @@ def _sam_project(admin: LabelStudioAdmin, backend_url: str, root: Path) -> int:
     return project
 
 
-def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None = None,
-             wait: bool = True) -> dict[str, object]:
-    root = data_dir() / "demo"
-    os.environ.setdefault("MODEL_DIR", str(root / "models"))  # the demo's own model store
-    chosen = choose_model(model)
-    sam_ref, sam_description = choose_sam_model()
+def run_demo(settings: Settings, ls_port: int = 18080, backend_port: int = 9090,
+             model: str | None = None, wait: bool = True) -> dict[str, object]:
+    root = settings.resolved_data_dir / "demo"
+    if "model_dir" not in settings.model_fields_set:  # the demo's own model store
+        settings = settings.with_overrides(model_dir=root / "models")
+    chosen = choose_model(settings, model)
+    sam_ref, sam_description = choose_sam_model(settings)
     with ExitStack() as stack:
-        ensure_redis(stack)
+        settings = ensure_redis(stack, settings)
         ls = LabelStudioServer(data_dir=root, port=ls_port, template=REPO / ".cache" /
                                "ls-template")
         ls.start()
         stack.callback(ls.stop)
         backend_url = f"http://127.0.0.1:{backend_port}"
-        server = stack.enter_context(backend_processes(
-            "127.0.0.1", backend_port, workers=1, threads=4, extra_env={
-                "LABELPILOT_MODEL_DETECT": chosen.weights, "LABEL_STUDIO_URL": ls.url,
-                "LABEL_STUDIO_API_KEY": ls.token, "LABELPILOT_SAM_MODEL": sam_ref}))
+        served = settings.with_overrides(
+            host="127.0.0.1", port=backend_port, workers=1, threads=4,
+            model_detect=chosen.weights, label_studio_url=ls.url, label_studio_api_key=ls.token,
+            sam_model=sam_ref)
+        server = stack.enter_context(backend_processes(served, extra_env=served.env_of((
+            "model_dir", "model_detect", "label_studio_url", "label_studio_api_key",
+            "sam_model"))))
         wait_healthy(backend_url, server)
-        admin = LabelStudioAdmin(ls.url, ls.token)
+        admin = LabelStudioClient(ls.url, ls.token)
         project = _find_project(admin)
         if project is None:
             project = admin.create_project(PROJECT_TITLE, load(chosen.config_name))
@@ -155,10 +158,10 @@ def run_demo(ls_port: int = 18080, backend_port: int = 9090, model: str | None =
             admin.upload_images(project, images)
             admin.connect_backend(project, backend_url)
             if chosen.config_name == "detection_shapes":
-                from labelpilot.redis_conn import get_redis
+                from labelpilot.redis_conn import connect
                 from labelpilot.trainers.settings import save_params
 
-                save_params(get_redis(), f"ls-{project}", **OFFLINE_TRAINING)
+                save_params(connect(settings), f"ls-{project}", **OFFLINE_TRAINING)
         admin.retrieve_predictions(project)
         sam_project = _sam_project(admin, backend_url, root)
         tasks = admin.tasks(project)

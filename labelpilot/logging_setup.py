@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 
 
-def setup_logging() -> None:
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+def setup_logging(level: str = "INFO") -> None:
+    """`level`: the settings' LOG_LEVEL."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s [%(process)d] "
                         "%(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -1,31 +1,35 @@
-"""The one Redis connection settings: REDIS_URL, with short timeouts so a dead Redis fails fast."""
+"""The Redis connection: REDIS_URL, with short timeouts so a dead Redis fails fast."""
 
 from __future__ import annotations
 
-import os
 from functools import cache
-from pathlib import Path
 
 import redis
+
+from labelpilot.settings import Settings, load_settings
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
-def redis_url() -> str:
+def redis_url(settings: Settings) -> str:
     """REDIS_URL, else the embedded Redis that `labelpilot serve` started in the data dir."""
-    if os.environ.get("REDIS_URL"):
-        return os.environ["REDIS_URL"]
-    data = Path(os.environ.get("LABELPILOT_DATA_DIR", ".data"))
-    recorded = data / "redis" / "url"
+    if settings.redis_url:
+        return settings.redis_url
+    recorded = settings.resolved_data_dir / "redis" / "url"
     return recorded.read_text().strip() if recorded.exists() else DEFAULT_URL
 
 
-def as_text(value: bytes | str) -> str:
-    """A Redis reply as str (clients without decode_responses give bytes)."""
-    return value.decode() if isinstance(value, bytes) else value
+def connect_url(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=2.0,
+                                health_check_interval=30)
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client for the configured Redis (clients are thread-safe connection pools)."""
+    return connect_url(redis_url(settings))
 
 
 @cache
-def get_redis(url: str | None = None) -> redis.Redis:
-    return redis.Redis.from_url(url or redis_url(), socket_connect_timeout=0.5,
-                                socket_timeout=2.0, health_check_interval=30)
+def get_redis() -> redis.Redis:
+    """The CLI's connection (one per process), from the environment's settings."""
+    return connect(load_settings())

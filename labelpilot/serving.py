@@ -17,20 +17,18 @@ import requests
 
 from labelpilot.embedded_redis import EmbeddedRedis
 from labelpilot.processes import stop_processes
+from labelpilot.settings import Settings
 
 log = logging.getLogger(__name__)
 QUEUES = ("labelpilot",)
 
 
-def data_dir() -> Path:
-    return Path(os.environ.get("LABELPILOT_DATA_DIR", ".data")).resolve()
-
-
-def ensure_redis(stack: ExitStack) -> str:
-    """REDIS_URL if set, else an embedded redis-server under the data dir (stopped on exit)."""
-    if os.environ.get("REDIS_URL"):
-        return os.environ["REDIS_URL"]
-    server = EmbeddedRedis(data_dir() / "redis")
+def ensure_redis(stack: ExitStack, settings: Settings) -> Settings:
+    """`settings` if REDIS_URL is set, else an embedded redis-server under the data dir
+    (stopped on exit) and settings that point at it (also exported to child processes)."""
+    if settings.redis_url:
+        return settings
+    server = EmbeddedRedis(settings.resolved_data_dir / "redis")
     url = server.start()
     stack.callback(server.stop)
     os.environ["REDIS_URL"] = url
@@ -38,40 +36,42 @@ def ensure_redis(stack: ExitStack) -> str:
 
     get_redis.cache_clear()
     log.info("REDIS_URL unset: started embedded redis at %s", url)
-    return url
+    return settings.model_copy(update={"redis_url": url})
 
 
-def gunicorn_command(host: str, port: int, workers: int,
-                     extra_ports: Sequence[int] = ()) -> list[str]:
+def gunicorn_command(host: str, port: int, workers: int, extra_ports: Sequence[int] = (), *,
+                     threads: int = 4, timeout: int = 120,
+                     app: str = "labelpilot.wsgi:app") -> list[str]:
     """`extra_ports`: the same app on more ports (CVAT's facade port, direct-mode ports)."""
     conf = Path(__file__).with_name("gunicorn_conf.py")
     binds = [arg for p in (port, *extra_ports) for arg in ("-b", f"{host}:{p}")]
     return [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(workers),
-            *binds, "labelpilot.adapters.label_studio.wsgi:app"]
+            "--threads", str(threads), "--timeout", str(timeout), *binds, app]
 
 
-def _serving_env(threads: int, extra: dict[str, str]) -> dict[str, str]:
+def _serving_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra}
-    prom = data_dir() / "prometheus"
+    prom = settings.resolved_data_dir / "prometheus"
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir(parents=True, exist_ok=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
-    env["LABELPILOT_THREADS"] = str(threads)
     return env
 
 
 @contextmanager
-def backend_processes(host: str, port: int, *, workers: int = 2, threads: int = 4,
-                      with_worker: bool = True, extra_env: dict[str, str] | None = None,
+def backend_processes(settings: Settings, *, with_worker: bool = True,
+                      extra_env: dict[str, str] | None = None,
                       extra_ports: Sequence[int] = ()) -> Iterator[subprocess.Popen[bytes]]:
     """gunicorn (and an RQ worker) running until the block ends; yields the gunicorn process."""
-    env = _serving_env(threads, extra_env or {})
+    env = _serving_env(settings, extra_env or {})
     children: list[subprocess.Popen[bytes]] = []
     try:
         if with_worker:
             children.append(subprocess.Popen([sys.executable, "-m", "labelpilot", "worker"],
                                              env=env))
-        server = subprocess.Popen(gunicorn_command(host, port, workers, extra_ports), env=env)
+        server = subprocess.Popen(gunicorn_command(
+            settings.host, settings.port, settings.workers, extra_ports,
+            threads=settings.threads, timeout=settings.timeout), env=env)
         children.append(server)
         yield server
     finally:
@@ -92,16 +92,16 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 60
     raise RuntimeError(f"the backend at {url} did not become healthy in {timeout} s")
 
 
-def run_serve(host: str, port: int, workers: int, threads: int, with_worker: bool,
-              extra_ports: Sequence[int] = ()) -> int:
-    """Run until interrupted (Ctrl+C or SIGTERM); returns gunicorn's exit code."""
+def run_serve(settings: Settings, with_worker: bool, extra_ports: Sequence[int] = (),
+              extra_env: dict[str, str] | None = None) -> int:
+    """Run until interrupted (Ctrl+C or SIGTERM); returns gunicorn's exit code.
+    `extra_env`: variables for the server's processes (settings given on the command line)."""
     with ExitStack() as stack:
-        ensure_redis(stack)
+        settings = ensure_redis(stack, settings)
         server = stack.enter_context(backend_processes(
-            host, port, workers=workers, threads=threads, with_worker=with_worker,
-            extra_ports=extra_ports))
-        log.info("labelpilot serving on http://%s:%d (%d workers x %d threads)", host, port,
-                 workers, threads)
+            settings, with_worker=with_worker, extra_ports=extra_ports, extra_env=extra_env))
+        log.info("labelpilot serving on http://%s:%d (%d workers x %d threads)", settings.host,
+                 settings.port, settings.workers, settings.threads)
         signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))
         try:
             return server.wait()
@@ -110,9 +110,9 @@ def run_serve(host: str, port: int, workers: int, threads: int, with_worker: boo
             return server.wait()
 
 
-def run_worker(queues: tuple[str, ...] = QUEUES) -> None:
+def run_worker(settings: Settings, queues: tuple[str, ...] = QUEUES) -> None:
     from rq import Worker
 
-    from labelpilot.redis_conn import get_redis
+    from labelpilot.redis_conn import connect
 
-    Worker(list(queues), connection=get_redis()).work(with_scheduler=False)
+    Worker(list(queues), connection=connect(settings)).work(with_scheduler=False)

@@ -101,9 +101,15 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 @pytest.fixture(scope="session")
 def ls_admin(label_studio):  # type: ignore[no-untyped-def]
-    from labelpilot.ls_admin import LabelStudioAdmin
+    from labelpilot.adapters.label_studio.client import LabelStudioClient
 
-    return LabelStudioAdmin(label_studio.url, label_studio.token)
+    return LabelStudioClient(label_studio.url, label_studio.token)
+
+
+@pytest.fixture(scope="session")
+def personal_access_token(ls_admin) -> str:  # type: ignore[no-untyped-def]
+    """The admin's JWT personal access token (LS 1.23 issues one per user: made once here)."""
+    return str(ls_admin.post("/api/token/")["token"])
 
 
 class BackendServer:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+
 from labelpilot.trainers.synthetic import ShapeBox, make_image
 
 

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labelpilot.adapters.label_studio.app import create_app
-from labelpilot.adapters.label_studio.config import parse_label_config
-from labelpilot.label_config import load
+import redis
 
+from labelpilot.app import create_app
+from labelpilot.label_config import load
+from labelpilot.settings import load_settings
 from tests.helpers import generate_images, serve_directory
 
 CONFIG = load("detection_shapes")
@@ -27,12 +28,24 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture()
-def client(monkeypatch, shapes_model: Path, redis_url: str):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("LABELPILOT_MODEL_DETECT", str(shapes_model))
-    monkeypatch.setenv("LABELPILOT_ALLOWED_HOSTS", "127.0.0.1")
-    parse_label_config.cache_clear()
-    yield create_app().test_client()
-    parse_label_config.cache_clear()
+def make_client(monkeypatch, shapes_model: Path, redis_url: str):  # type: ignore[no-untyped-def]
+    """An app composed from the environment's settings (plus `env`), as gunicorn's is."""
+
+    def make(redis_to: str = redis_url, **env: str):  # type: ignore[no-untyped-def]
+        monkeypatch.setenv("LABELPILOT_MODEL_DETECT", str(shapes_model))
+        monkeypatch.setenv("LABELPILOT_ALLOWED_HOSTS", "127.0.0.1")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        connection = redis.Redis.from_url(redis_to, socket_connect_timeout=0.5,
+                                          socket_timeout=2.0)
+        return create_app(load_settings(), connection).test_client()
+
+    return make
+
+
+@pytest.fixture()
+def client(make_client):  # type: ignore[no-untyped-def]
+    return make_client()
 
 
 def predict_body(urls: list[str], config: str = CONFIG) -> dict:
@@ -97,11 +110,10 @@ def test_labels_that_match_no_model_class_say_how_to_map_them(client, image_serv
     assert "circle" in response.json["error"]
 
 
-def test_wrong_model_task_for_control_is_explained(client, image_server, monkeypatch,
-                                                   shapes_model):
+def test_wrong_model_task_for_control_is_explained(make_client, image_server, shapes_model):
     config = ('<View><Image name="image" value="$image"/><PolygonLabels name="p" '
               'toName="image"><Label value="Circle"/></PolygonLabels></View>')
-    monkeypatch.setenv("LABELPILOT_MODEL_SEGMENT", str(shapes_model))  # a detect model
+    client = make_client(LABELPILOT_MODEL_SEGMENT=str(shapes_model))  # a detect model
     response = client.post("/predict", json=predict_body([f"{image_server}/img7_0.png"],
                                                          config))
     assert response.status_code == 422
@@ -117,10 +129,10 @@ def test_missing_weights_are_a_clear_error(client, image_server, tmp_path):
     assert "not found" in response.json["error"] and "MODEL_DIR" in response.json["error"]
 
 
-def test_setup_answers_before_any_model_exists_so_training_can_start(client, image_server,
-                                                                    monkeypatch, tmp_path):
+def test_setup_answers_before_any_model_exists_so_training_can_start(make_client, image_server,
+                                                                    tmp_path):
     """A new project whose default weights are absent can still connect (and then train)."""
-    monkeypatch.setenv("LABELPILOT_MODEL_SEGMENT", str(tmp_path / "absent-seg.pt"))
+    client = make_client(LABELPILOT_MODEL_SEGMENT=str(tmp_path / "absent-seg.pt"))
     config = ('<View><Image name="image" value="$image"/><PolygonLabels name="p" '
               'toName="image"><Label value="Circle"/></PolygonLabels></View>')
     setup = client.post("/setup", json={"project": "77.1", "schema": config})
@@ -152,33 +164,29 @@ def test_webhooks_are_filtered_validated_and_recorded(client):
     assert ok.status_code == 201 and ok.json["event_id"]
 
 
-def test_webhook_with_redis_down_answers_fast_with_a_clear_status(client, monkeypatch):
+def test_webhook_with_redis_down_answers_fast_with_a_clear_status(make_client):
     import time
 
-    from labelpilot.redis_conn import get_redis
-
-    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
-    get_redis.cache_clear()
-    try:
-        started = time.perf_counter()
-        response = client.post("/webhook", json={"action": "START_TRAINING",
-                                                 "project": {"id": 5}})
-        elapsed = time.perf_counter() - started
-    finally:
-        monkeypatch.undo()
-        get_redis.cache_clear()
+    client = make_client("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    started = time.perf_counter()
+    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 5}})
+    elapsed = time.perf_counter() - started
     assert response.status_code == 503 and "Redis is unavailable" in response.json["error"]
     assert elapsed < 1.0  # LS gives a webhook 1 s
 
 
-def test_basic_auth_protects_every_endpoint(monkeypatch, shapes_model):
-    monkeypatch.setenv("BASIC_AUTH_USER", "ls")
-    monkeypatch.setenv("BASIC_AUTH_PASS", "secret")
-    client = create_app().test_client()
-    assert client.get("/health").status_code == 401
-    assert client.post("/setup", json={}).status_code == 401
+def test_basic_auth_protects_every_endpoint(make_client):
+    client = make_client(BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="secret")
+    for method, path in (("GET", "/health"), ("POST", "/setup"), ("POST", "/predict"),
+                         ("POST", "/webhook"), ("GET", "/versions"), ("GET", "/jobs"),
+                         ("GET", "/metrics"), ("GET", "/admin/models")):
+        denied = client.open(path, method=method, json={})
+        assert denied.status_code == 401, path
+        assert denied.headers["WWW-Authenticate"] == 'Basic realm="labelpilot"'
+        assert "basic auth" in denied.json["error"]
     good = base64.b64encode(b"ls:secret").decode()
     assert client.get("/health", headers={"Authorization": f"Basic {good}"}).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": f"Basic {good}"}).status_code == 200
 
 
 def test_versions_lists_the_project_model_version(client):

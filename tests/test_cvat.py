@@ -13,11 +13,11 @@ import numpy as np
 import PIL.Image
 import pytest
 from cvat_sdk import masks, models
+
 from labelpilot.adapters.cvat import annotations, tracker
 from labelpilot.adapters.cvat.rle import decode_shape_rle, encode_detector_bitmap, encode_shape_rle
 from labelpilot.adapters.cvat.spec import COCO_KEYPOINTS, model_labels, nuclio_spec
 from labelpilot.trainers.synthetic import CLASSES
-
 from tests.helpers import generate_images, iou
 
 
@@ -379,6 +379,7 @@ def prediction_for(task: str):  # type: ignore[no-untyped-def]
 def test_every_task_renders_for_nuclio_and_passes_cvat_sdks_checks(task):
     import cvat_sdk.auto_annotation as cvataa
     from cvat_sdk.auto_annotation.driver import _AnnotationMapper
+
     from labelpilot.adapters.cvat.detector import Detection, nuclio_shapes
     from labelpilot.adapters.cvat.functions.detection import sdk_label, sdk_shapes
 
@@ -422,12 +423,47 @@ def test_every_task_renders_for_nuclio_and_passes_cvat_sdks_checks(task):
             assert remapped[0].type.value == ("polygon" if to_polygon else "mask")
 
 
-def test_connect_cvat_prints_cvat_settings_and_a_valid_webhook(monkeypatch):
-    from labelpilot.adapters.cvat.commands import _webhook_body, connect_cvat_command
+@pytest.mark.parametrize("task", ["detect", "obb", "segment", "pose", "classify"])
+def test_nuclio_and_cvat_sdk_serialisers_say_the_same(task):
+    """One conversion, two serialisers: for the same prediction (found in a roi at +100,+200)
+    both carry the same labels, scores, coordinates, rotation, keypoints and mask."""
+    from labelpilot.adapters.cvat.shapes import cvat_shapes, nuclio_json, sdk_requests
 
-    for name in ("CVAT_ACCESS_TOKEN", "CVAT_USER", "CVAT_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
-    text = connect_cvat_command("http://labelpilot:8070", None, 4, None, "s3")
+    labels = model_labels(task, ["a", "b"], 3)
+    items = cvat_shapes(prediction_for(task), labels, 0.25, (100, 200))
+    nuclio = nuclio_json(items)
+    sdk, sdk_polygons = sdk_requests(items, True), sdk_requests(items, True, to_polygon=True)
+    assert len(nuclio) == len(sdk) == len(sdk_polygons) == 1
+    for ours, req, poly in zip(nuclio, sdk, sdk_polygons, strict=True):
+        assert ours["label"] == labels[req.label_id].name
+        assert ours["confidence"] == ours["attributes"][0]["value"] == req.attributes[0].value
+        if ours["type"] == "tag":
+            assert isinstance(req, models.LabeledImageRequest)
+            continue
+        assert req.score == pytest.approx(float(ours["confidence"]), abs=1e-4)
+        if ours["type"] == "rectangle":
+            assert req.type.value == "rectangle"
+            assert ours["points"] == [round(v, 2) for v in req.points]
+            assert ours["rotation"] == round(req.get("rotation", 0), 4)
+        elif ours["type"] == "skeleton":
+            assert req.type.value == "skeleton"
+            assert [(e["label"], e["outside"], e["points"]) for e in ours["elements"]] == [
+                (labels[0].keypoints[e.label_id], int(e.outside), [round(v, 2) for v in e.points])
+                for e in req.elements]
+        else:
+            assert (ours["type"], req.type.value, poly.type.value) == ("mask", "mask", "polygon")
+            *bitmap, x1, y1, x2, y2 = ours["mask"]
+            full = decode_shape_rle(req.points, 300, 300)
+            assert np.array_equal(full[y1:y2 + 1, x1:x2 + 1].ravel(), np.array(bitmap, bool))
+            assert full.sum() == sum(bitmap)
+            assert ours["points"] == [round(v, 2) for v in poly.points]
+
+
+def test_connect_cvat_prints_cvat_settings_and_a_valid_webhook():
+    from labelpilot.adapters.cvat.client import CvatAccess
+    from labelpilot.cvat_commands import _webhook_body, connect_cvat_command
+
+    text = connect_cvat_command("http://labelpilot:8070", CvatAccess(), 4, None, "s3")
     assert text.count("CVAT_NUCLIO_INVOKE_METHOD: 'dashboard'") == 2  # server and worker
     assert "CVAT_NUCLIO_HOST: 'labelpilot'" in text and "CVAT_NUCLIO_PORT: '8070'" in text
     assert "http://labelpilot:8070/cvat/webhook" in text and '"project_id": 4' in text
@@ -513,9 +549,12 @@ def test_cvat_project_label_files_are_current_and_valid(name):
 
 def test_train_request_follows_the_labels(tmp_path, redis_url):
     import redis
-    from labelpilot.adapters.cvat.training import train_request
+
+    from labelpilot.adapters.cvat.training import train_spec
+    from labelpilot.backends.model_ref import ModelLocator
     from labelpilot.backends.model_store import ModelStore
     from labelpilot.backends.shapes import BBox, Instance, Keypoint
+    from labelpilot.trainers.job import train_request
     from labelpilot.trainers.pipeline import TrainParams
     from labelpilot.trainers.samples import Sample
 
@@ -524,19 +563,22 @@ def test_train_request_follows_the_labels(tmp_path, redis_url):
                       keypoints=(Keypoint(0, 2, 2, 1.0), Keypoint(1, 8, 8, 0.0)))
     samples = [Sample(f"s{i}", tmp_path / "x.png", 10, 10, instances=(person,))
                for i in range(3)]
-    store = ModelStore(tmp_path / "store", redis_factory=lambda: redis.Redis.from_url(redis_url))
-    request = train_request(f"cvat-task-{uuid.uuid4().hex}", samples, labels, store,
-                            TrainParams(), {"event": "t"})
+    store = ModelStore(tmp_path / "store", redis.Redis.from_url(redis_url))
+    key = f"cvat-task-{uuid.uuid4().hex}"
+    locator = ModelLocator(tmp_path / "models", download=False)
+    request = train_request(train_spec(key, samples, labels), samples, store, TrainParams(),
+                            {"event": "t"}, locator)
     assert (request.task, request.class_names, request.keypoint_count) == ("pose", ("person",), 2)
     assert request.trigger["keypoint_names"] == ["head", "foot"]  # kept for the served spec
     assert request.base_model.endswith(".yaml")
     tags = [Sample(f"t{i}", tmp_path / "x.png", 10, 10, classes=("outdoor",))
             for i in range(2)]
-    classify = train_request(uuid.uuid4().hex, tags, labels, store, TrainParams(), {})
+    classify = train_request(train_spec(uuid.uuid4().hex, tags, labels), tags, store,
+                             TrainParams(), {}, locator)
     assert classify.task == "classify"
     assert classify.class_names == ("square", "outdoor")  # labels of type "any" and "tag"
     with pytest.raises(ValueError, match="nothing|no rectangles"):
-        train_request("k", [], labels, store, TrainParams(), {})
+        train_request(train_spec("k", [], labels), [], store, TrainParams(), {}, locator)
 
 
 

@@ -21,12 +21,12 @@ import pytest
 import redis
 import requests
 from cvat_sdk import masks
-from labelpilot.trainers.settings import save_params
-from labelpilot.trainers.synthetic import CLASSES
 from rq.job import Job
 
 from labelpilot.embedded_redis import free_port
 from labelpilot.processes import stop_processes
+from labelpilot.trainers.settings import save_params
+from labelpilot.trainers.synthetic import CLASSES
 from tests.conftest import REPO
 from tests.helpers import generate_images, iou
 from tests.test_cvat import frame_with_square, write_pose_snapshot, write_snapshot
@@ -362,6 +362,7 @@ def test_training_from_cvat_snapshots_publishes_new_detectors(facade, redis_url,
     """cvat-sdk models → snapshots (rectangles; skeletons) → the coalesced RQ jobs on a real
     worker → versions that GET /api/functions lists at once and that answer detector calls."""
     from labelpilot.adapters.cvat.training import request_cvat_training
+    from labelpilot.jobs import CVAT_JOB
 
     base = 800000 + int(uuid.uuid4().int % 1000) * 2
     detect_task, pose_task = base, base + 1
@@ -373,8 +374,8 @@ def test_training_from_cvat_snapshots_publishes_new_detectors(facade, redis_url,
     jobs = {}
     for task, snapshot in snapshots.items():
         save_params(connection, f"cvat-task-{task}", epochs=2, imgsz=160, batch=8)
-        jobs[task] = request_cvat_training("task", task, {"event": "test"},
-                                           snapshot=str(snapshot)).job_id
+        jobs[task] = request_cvat_training(connection, CVAT_JOB, "task", task,
+                                           {"event": "test"}, snapshot=str(snapshot)).job_id
     log = tmp_path / "worker.log"
     worker = subprocess.Popen([sys.executable, "-m", "labelpilot", "worker"], cwd=REPO,
                               env=facade.env, stdout=open(log, "ab"),  # noqa: SIM115

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from labelpilot.backends.interactive import MaskResult, Prompt
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from labelpilot.adapters.label_studio.annotations import POSE_CLASS, task_choices, task_poses
 from labelpilot.adapters.label_studio.config import parse_label_config
 from labelpilot.adapters.label_studio.training import (

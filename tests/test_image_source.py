@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+
 from labelpilot.adapters.label_studio.auth import TokenAuth, jwt_claims
+from labelpilot.adapters.label_studio.client import LabelStudioClient
 from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
@@ -54,7 +56,7 @@ def server() -> Iterator[str]:
 
 
 def source(url: str | None, **kw) -> ImageSource:
-    return ImageSource(ls_url=url, auth=TokenAuth(url, "legacykey") if url else None, **kw)
+    return ImageSource(LabelStudioClient(url, "legacykey") if url else None, **kw)
 
 
 def test_relative_urls_go_to_label_studio_with_the_token(server):
@@ -139,14 +141,13 @@ def test_token_kinds_are_told_apart():
     assert TokenAuth("http://ls", access).header() == {"Authorization": f"Bearer {access}"}
 
 
-def test_bare_model_names_are_not_downloaded_when_downloads_are_off(monkeypatch, tmp_path):
+def test_bare_model_names_are_not_downloaded_when_downloads_are_off(tmp_path):
     from labelpilot.backends.errors import ModelNotFoundError
-    from labelpilot.backends.model_ref import resolve_model
+    from labelpilot.backends.model_ref import ModelLocator
 
-    monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "0")
     with pytest.raises(ModelNotFoundError, match="downloads are off"):
-        resolve_model("yolo11n.pt", tmp_path)
-    monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "1")
-    assert resolve_model("yolo11n.pt", tmp_path) == "yolo11n.pt"  # ultralytics would fetch it
+        ModelLocator(tmp_path, download=False).resolve("yolo11n.pt")
+    connected = ModelLocator(tmp_path, download=True)
+    assert connected.resolve("yolo11n.pt") == "yolo11n.pt"  # ultralytics would fetch it
     (tmp_path / "mine.pt").write_bytes(b"x")
-    assert resolve_model("mine.pt", tmp_path) == str(tmp_path / "mine.pt")
+    assert connected.resolve("mine.pt") == str(tmp_path / "mine.pt")

@@ -2,8 +2,9 @@ import io
 
 import numpy as np
 import pytest
-from labelpilot.backends.images import ImageError, decode_image
 from PIL import Image
+
+from labelpilot.backends.images import ImageError, decode_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:

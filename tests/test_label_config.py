@@ -1,5 +1,10 @@
 import pytest
-from labelpilot.adapters.label_studio.config import ConfigError, parse_label_config
+
+from labelpilot.adapters.label_studio.config import (
+    ConfigError,
+    ControlDefaults,
+    parse_label_config,
+)
 from labelpilot.label_config import DIR, load
 
 
@@ -36,12 +41,17 @@ def test_each_control_gets_its_model_and_keypoints_map_by_model_index():
     assert set(plan.by_model()) == {"yolo11n-pose.pt"}  # one model serves both controls
 
 
-def test_default_model_per_task_can_be_overridden(monkeypatch):
-    monkeypatch.setenv("LABELPILOT_MODEL_SEGMENT", "/models/seg.pt")
-    parse_label_config.cache_clear()
-    plan = parse_label_config(load("brush_segmentation"))
+def test_default_model_per_task_can_be_overridden():
+    defaults = ControlDefaults(models=(("segment", "/models/seg.pt"),), score_threshold=0.4)
+    plan = parse_label_config(load("brush_segmentation"), defaults)
     assert plan.controls[0].model_ref == "/models/seg.pt"
-    parse_label_config.cache_clear()
+    assert plan.controls[0].threshold == 0.3  # the tag's model_score_threshold wins
+    bare = ('<View><Image name="image" value="$image"/><PolygonLabels name="p" toName="image">'
+            '<Label value="Circle"/></PolygonLabels></View>')
+    assert parse_label_config(bare, defaults).controls[0].threshold == 0.4
+    assert parse_label_config(bare).controls[0].threshold == 0.25
+    assert parse_label_config(load("brush_segmentation")).controls[0].model_ref == (
+        "yolo11n-seg.pt")
 
 
 def test_smart_prompt_controls_are_not_served_in_batch():

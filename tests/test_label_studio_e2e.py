@@ -7,11 +7,11 @@ import time
 import pytest
 import redis
 import requests
+
 from labelpilot.adapters.label_studio.webhook import EVENTS_STREAM
 from labelpilot.backends.images import decode_image
 from labelpilot.backends.yolo import YoloModel
 from labelpilot.label_config import load
-
 from tests.helpers import generate_images, iou, ls_box
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -60,7 +60,7 @@ def test_all_label_studio_url_forms_are_present(project):
 
 def test_connecting_creates_the_training_webhook(ls_admin, project, backend):
     hooks = requests.get(f"{ls_admin.url}/api/webhooks", params={"project": project["id"]},
-                         headers={"Authorization": f"Token {ls_admin.api_key}"}, timeout=10)
+                         headers=ls_admin.headers(), timeout=10)
     assert any(h["url"] == f"{backend.url}/webhook" for h in hooks.json())
 
 
@@ -110,7 +110,7 @@ def test_annotation_and_start_training_webhooks_are_recorded(ls_admin, project, 
     last = client.xrevrange(EVENTS_STREAM, count=1)
     since = last[0][0].decode() if last else "0-0"
     task_id = next(iter(project["truth"]))
-    headers = {"Authorization": f"Token {ls_admin.api_key}"}
+    headers = ls_admin.headers()
     started = time.perf_counter()
     created = requests.post(f"{ls_admin.url}/api/tasks/{task_id}/annotations", headers=headers,
                             json={"result": [{
@@ -147,18 +147,17 @@ def test_backend_metrics_count_predictions_and_fetch_errors(backend):
     assert 'labelpilot_http_requests_total{endpoint="/predict",method="POST",status="200"}' in text
 
 
-def test_personal_access_token_downloads_through_label_studio(ls_admin, label_studio, project):
+def test_personal_access_token_downloads_through_label_studio(label_studio, project,
+                                                               personal_access_token):
     """A JWT PAT is refreshed into an access token and used as Bearer for /data/upload."""
-    from labelpilot.adapters.label_studio.auth import TokenAuth
+    from labelpilot.adapters.label_studio.client import LabelStudioClient
     from labelpilot.adapters.label_studio.image_source import ImageSource
 
-    pat = requests.post(f"{ls_admin.url}/api/token/", headers={
-        "Authorization": f"Token {ls_admin.api_key}"}, timeout=10)
-    assert pat.status_code in (200, 201), pat.text
-    auth = TokenAuth(label_studio.url, pat.json()["token"])
-    assert auth.kind == "refresh"
+    client = LabelStudioClient(label_studio.url, personal_access_token)
+    auth = client.auth
+    assert auth is not None and auth.kind == "refresh"
     url = next(t["data"]["image"] for t in project["tasks"]
                if t["data"]["image"].startswith("/data/upload/") and t["id"] in project["truth"])
-    data = ImageSource(ls_url=label_studio.url, auth=auth).fetch(url)
+    data = ImageSource(client).fetch(url)
     assert decode_image(data).shape == (160, 160, 3)
     assert auth.header()["Authorization"].startswith("Bearer ")

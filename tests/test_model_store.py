@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from labelpilot.backends.hot_swap import CurrentModels
 from labelpilot.backends.model_store import UPDATES_CHANNEL, ModelStore
 
@@ -16,7 +17,7 @@ from labelpilot.backends.model_store import UPDATES_CHANNEL, ModelStore
 @pytest.fixture()
 def store(tmp_path: Path, redis_url: str) -> ModelStore:
     client = redis.Redis.from_url(redis_url)
-    return ModelStore(tmp_path / "store", lambda: client)
+    return ModelStore(tmp_path / "store", client)
 
 
 def weights(tmp_path: Path, content: bytes) -> Path:
@@ -62,12 +63,12 @@ def test_promote_publishes_and_rollback_returns_to_the_previous(store, tmp_path,
 
 def test_pointer_file_serves_when_redis_is_down(tmp_path, redis_url):
     client = redis.Redis.from_url(redis_url)
-    up = ModelStore(tmp_path / "store", lambda: client)
+    up = ModelStore(tmp_path / "store", client)
     key = f"k{time.time_ns()}"
     up.write_version(key, weights(tmp_path, b"a"), {})
     up.promote(key, "v1")
     dead = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
-    down = ModelStore(tmp_path / "store", lambda: dead)
+    down = ModelStore(tmp_path / "store", dead)
     assert down.current(key).version == "v1"
 
 

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 from label_studio_sdk.converter.brush import decode_rle
+from ultralytics.utils.ops import xywhr2xyxyxyxy
+
 from labelpilot.adapters.label_studio.config import parse_label_config
 from labelpilot.adapters.label_studio.results import control_results, rectangle_value, task_score
 from labelpilot.backends.geometry import rotated_corners
 from labelpilot.backends.shapes import BBox, ClassScore, Instance, Keypoint, Prediction, RotatedBox
-from ultralytics.utils.ops import xywhr2xyxyxyxy
 
 IMG = '<View><Image name="image" value="$image"/>{}</View>'
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from labelpilot.label_config import load
 
+from labelpilot.label_config import load
 from tests.conftest import REPO, BackendServer, start_backend
 from tests.helpers import generate_images, ground_truth_result, iou, ls_box, serve_directory
 
@@ -78,7 +78,7 @@ def wait_for(predicate, timeout: float, interval: float = 1.0,  # type: ignore[n
 def test_start_training_in_label_studio_produces_a_better_promoted_version(
         loop, ls_admin, label_studio, tmp_path_factory):
     backend: BackendServer = loop["backend"]
-    headers = {"Authorization": f"Token {ls_admin.api_key}"}
+    headers = ls_admin.headers()
     pid, backend_id, truth = shapes_project(ls_admin, backend, "retraining", 64, 4242,
                                             tmp_path_factory)
     ls_admin.retrieve_predictions(pid)
@@ -150,13 +150,14 @@ def test_hot_swap_under_load_fails_no_request(loop, image_urls, weak_shapes_mode
     import threading
 
     import redis as redis_lib
+
     from labelpilot.backends.model_store import ModelStore
 
     backend: BackendServer = loop["backend"]
     project = 900
     key = f"ls-{project}-label"
     client = redis_lib.Redis.from_url(redis_url)
-    store = ModelStore(loop["tmp"] / "models" / "store", lambda: client)
+    store = ModelStore(loop["tmp"] / "models" / "store", client)
     store.write_version(key, weak_shapes_model, {"note": "weak"})
     store.write_version(key, shapes_model, {"note": "good"})
     store.promote(key, "v1")
@@ -217,7 +218,7 @@ def task_truth(ls_admin, pid: int, images) -> dict:  # type: ignore[no-untyped-d
 
 
 def annotate_all(ls_admin, truth: dict) -> None:  # type: ignore[no-untyped-def]
-    headers = {"Authorization": f"Token {ls_admin.api_key}"}
+    headers = ls_admin.headers()
     for task_id, image in truth.items():
         created = requests.post(f"{ls_admin.url}/api/tasks/{task_id}/annotations",
                                 headers=headers, json={"result": ground_truth_result(image)},
@@ -232,7 +233,7 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
     from labelpilot.backends.model_store import ModelStore
 
     backend: BackendServer = loop["backend"]
-    headers = {"Authorization": f"Token {ls_admin.api_key}"}
+    headers = ls_admin.headers()
     pid, backend_id, truth = shapes_project(ls_admin, backend, "kill test", 16, 5151,
                                             tmp_path_factory)
     annotate_all(ls_admin, truth)

@@ -15,15 +15,25 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from labelpilot.backends.embedding_cache import EmbeddingCache
 from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
 from labelpilot.backends.interactive import Interactor, PointPrompt, Prompt
-from labelpilot.backends.sam import PromptError, SamInteractor, parse_sam_ref
+from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.sam import (
+    PromptError,
+    SamInteractor,
+    SamModels,
+    SamOptions,
+    parse_sam_ref,
+)
 from labelpilot.backends.sam.decoder import OnnxDecoder, PromptDecoder, TorchDecoder
 from labelpilot.backends.sam.engine import Embedding
 from labelpilot.backends.sam.models import build_network
 from labelpilot.backends.sam.transforms import Frame, encode_prompt, preprocess, upscale_mask
 from labelpilot.backends.shapes import BBox
+
+OFFLINE = ModelLocator(Path("models"), download=False)  # random: refs read no files
 
 
 def photo() -> np.ndarray:
@@ -37,7 +47,7 @@ def photo() -> np.ndarray:
 @pytest.fixture(scope="module")
 def mobile() -> SamInteractor:
     cache: EmbeddingCache = EmbeddingCache(64 * 1024 * 1024, lambda e: e.nbytes)
-    return SamInteractor.load(parse_sam_ref("random:mobile_sam"), device="cpu",
+    return SamInteractor.load(parse_sam_ref("random:mobile_sam", OFFLINE), device="cpu",
                               decoder="torch", cache=cache)
 
 
@@ -196,7 +206,7 @@ def test_memory_cap_evicts_embeddings(mobile):
 
 @pytest.mark.parametrize("kind", ["mobile_sam", "vit_b"])
 def test_onnx_decoder_matches_the_torch_decoder(kind):
-    network = build_network(parse_sam_ref(f"random:{kind}"), "cpu")
+    network = build_network(parse_sam_ref(f"random:{kind}", OFFLINE), "cpu")
     module = PromptDecoder(network)
     torch_decoder, onnx_decoder = TorchDecoder(module, "cpu"), OnnxDecoder(module)
     rng = np.random.default_rng(1)
@@ -222,7 +232,7 @@ def test_onnx_decoder_matches_the_torch_decoder(kind):
 
 def test_point_embedding_equals_the_prompt_encoders_own():
     """Our SAM-ONNX-style point/box embedding is what SAM's prompt encoder computes."""
-    network = build_network(parse_sam_ref("random:vit_b"), "cpu")
+    network = build_network(parse_sam_ref("random:vit_b", OFFLINE), "cpu")
     module = PromptDecoder(network)
     frame = Frame.for_image(1024, 1024)
     for prompt in (Prompt(points=(PointPrompt(10, 20), PointPrompt(500, 600, False))),
@@ -242,49 +252,48 @@ def test_point_embedding_equals_the_prompt_encoders_own():
 
 # --- model refs ------------------------------------------------------------------------------
 
-def test_refs_name_kinds_and_missing_checkpoints_say_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
-    monkeypatch.delenv("LABELPILOT_SAM_MODEL", raising=False)
+def test_refs_name_kinds_and_missing_checkpoints_say_what_to_do(tmp_path):
+    offline = ModelLocator(tmp_path, download=False)  # tests: downloads are off
     with pytest.raises(ModelNotFoundError, match="LABELPILOT_SAM_MODEL"):
-        parse_sam_ref(None)
+        SamModels(SamOptions(default_ref=""), offline).spec(None)  # no default, no ref
     with pytest.raises(ModelNotFoundError, match=r"not found.*downloaded by name"):
-        parse_sam_ref("sam_vit_b_01ec64.pth")
-    with pytest.raises(ModelNotFoundError, match=r"not found"):  # tests: downloads are off
-        parse_sam_ref("mobile_sam.pt")
-    monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "1")  # a user's connected machine:
-    spec = parse_sam_ref("mobile_sam.pt")  # ultralytics' asset, fetched into MODEL_DIR on load
+        parse_sam_ref("sam_vit_b_01ec64.pth", offline)
+    with pytest.raises(ModelNotFoundError, match=r"not found"):
+        parse_sam_ref("mobile_sam.pt", offline)
+    connected = ModelLocator(tmp_path, download=True)  # a user's connected machine:
+    spec = parse_sam_ref("mobile_sam.pt", connected)  # ultralytics' asset, fetched on load
     assert spec.kind == "mobile_sam" and spec.checkpoint == tmp_path / "mobile_sam.pt"
-    monkeypatch.setenv("LABELPILOT_DOWNLOAD_WEIGHTS", "0")
+    assert SamModels(SamOptions(default_ref="mobile_sam.pt"), connected).spec(None) == spec
     with pytest.raises(ModelNotFoundError, match="unknown SAM kind"):
-        parse_sam_ref("random:vit_x")
+        parse_sam_ref("random:vit_x", offline)
     for name, kind in [("sam_vit_b_01ec64.pth", "vit_b"), ("sam_vit_h_4b8939.pth", "vit_h"),
                        ("sam_l.pt", "vit_l"), ("mobile_sam.pt", "mobile_sam")]:
         (tmp_path / name).write_bytes(b"x")
-        spec = parse_sam_ref(name)
+        spec = parse_sam_ref(name, offline)
         assert spec.kind == kind and spec.checkpoint == tmp_path / name
         assert spec.version.startswith(f"sam-{kind}-") and "random" not in spec.version
     (tmp_path / "finetuned.pth").write_bytes(b"x")
     with pytest.raises(ModelNotFoundError, match="prefix the ref"):
-        parse_sam_ref("finetuned.pth")
-    assert parse_sam_ref(f"vit_h:{tmp_path / 'finetuned.pth'}").kind == "vit_h"
-    assert parse_sam_ref("random:vit_b").checkpoint is None
+        parse_sam_ref("finetuned.pth", offline)
+    assert parse_sam_ref(f"vit_h:{tmp_path / 'finetuned.pth'}", offline).kind == "vit_h"
+    assert parse_sam_ref("random:vit_b", offline).checkpoint is None
 
 
 def test_checkpoints_load_and_a_wrong_kind_is_a_clear_error(tmp_path, mobile):
     path = tmp_path / "mobile_sam.pt"
-    network = build_network(parse_sam_ref("random:mobile_sam"), "cpu")
+    network = build_network(parse_sam_ref("random:mobile_sam", OFFLINE), "cpu")
     for tensor in network.state_dict().values():
         if tensor.is_floating_point():
             tensor.add_(0.5)  # weights that differ from the seeded random ones
     torch.save(network.state_dict(), path)
-    loaded = build_network(parse_sam_ref(str(path)), "cpu")
+    loaded = build_network(parse_sam_ref(str(path), OFFLINE), "cpu")
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, network.state_dict()[name]), name
     wrong = tmp_path / "sam_vit_b_fake.pth"
     torch.save({"image_encoder.x": torch.zeros(1)}, wrong)
     with pytest.raises(ModelLoadError, match="does not fit a vit_b"):
-        build_network(parse_sam_ref(str(wrong)), "cpu")
+        build_network(parse_sam_ref(str(wrong), OFFLINE), "cpu")
     garbage = tmp_path / "mobile_sam_broken.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match="could not read"):
-        build_network(parse_sam_ref(str(garbage)), "cpu")
+        build_network(parse_sam_ref(str(garbage), OFFLINE), "cpu")

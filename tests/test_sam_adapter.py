@@ -13,17 +13,19 @@ import numpy as np
 import pytest
 import redis
 import torch
-from labelpilot.adapters.label_studio.app import create_app
+
 from labelpilot.adapters.label_studio.config import parse_label_config
 from labelpilot.adapters.label_studio.interactive import click_from_context, mask_region
 from labelpilot.adapters.label_studio.payloads import ContextRegion
 from labelpilot.adapters.label_studio.sam_config import batch_plan, sam_setups
+from labelpilot.app import create_app
 from labelpilot.backends.embedding_cache import EmbeddingCache
 from labelpilot.backends.interactive import MaskResult, PointPrompt, Prompt
-from labelpilot.backends.sam import SamInteractor, get_interactor, parse_sam_ref
+from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.sam import SamInteractor, SamModels, SamOptions
 from labelpilot.backends.sam.shared_store import RedisEmbeddingStore
 from labelpilot.label_config import load
-
+from labelpilot.settings import load_settings
 from tests.helpers import serve_directory
 
 SAM_REF = "random:mobile_sam"
@@ -122,11 +124,23 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         yield url, directory
 
 
+@pytest.fixture(scope="module")
+def models() -> SamModels:
+    """The SAM models the app serves with (a process builds them once; here once per module)."""
+    return SamModels(SamOptions(default_ref=SAM_REF), ModelLocator(Path("models"),
+                                                                   download=False))
+
+
+def app_client(redis_url: str, sam: SamModels):  # type: ignore[no-untyped-def]
+    settings = load_settings(sam_model=sam.options.default_ref,
+                             allowed_hosts=("127.0.0.1",))
+    return create_app(settings, redis.Redis.from_url(redis_url), sam=sam).test_client()
+
+
 @pytest.fixture()
-def client(monkeypatch, redis_url: str):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("LABELPILOT_SAM_MODEL", SAM_REF)
+def client(monkeypatch, redis_url: str, models: SamModels):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("LABELPILOT_ALLOWED_HOSTS", "127.0.0.1")
-    return create_app().test_client()
+    return app_client(redis_url, models)
 
 
 def click_body(url: str, regions: list[dict], config: str | None = None) -> dict:
@@ -152,9 +166,9 @@ def nonempty_point(sam: SamInteractor, image: np.ndarray) -> tuple[float, float]
     raise AssertionError("the random model gives empty masks everywhere")
 
 
-def test_a_click_returns_one_brush_region_equal_to_the_models_mask(client, images):
+def test_a_click_returns_one_brush_region_equal_to_the_models_mask(client, images, models):
     url, directory = images
-    sam = get_interactor(SAM_REF)
+    sam = models.get(SAM_REF)
     photo = cv2.imread(str(directory / "bus.jpg"))
     x, y = nonempty_point(sam, photo)
     version = client.post("/setup", json={"project": "9.1", "schema": load("sam_brush")}).json[
@@ -196,28 +210,30 @@ def test_bad_clicks_get_a_4xx_that_says_what_to_fix(client, images, regions, sta
 
 
 def test_image_and_model_problems_are_4xx_and_the_server_keeps_serving(client, images,
-                                                                       monkeypatch, tmp_path):
+                                                                       redis_url, tmp_path):
     url, _ = images
     broken = client.post("/predict", json=click_body(f"{url}/broken.png", [keypoint(5, 5)]))
     assert broken.status_code == 422 and "task 3" in broken.json["error"]
     missing = client.post("/predict", json=click_body(f"{url}/nope.png", [keypoint(5, 5)]))
     assert missing.status_code == 422 and "404" in missing.json["error"]
-    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    # a worker with MODEL_DIR=tmp_path (downloads off) and no LABELPILOT_SAM_MODEL
+    unconfigured = app_client(redis_url, SamModels(SamOptions(), ModelLocator(
+        tmp_path, download=False)))
     config = load("sam_brush").replace('smart="true">', 'smart="true" sam_model="sam_b.pt">', 1)
-    for answer in (client.post("/setup", json={"project": "9.1", "schema": config}),
-                   client.post("/predict", json=click_body(f"{url}/bus.jpg", [keypoint(5, 5)],
-                                                           config))):
+    for answer in (unconfigured.post("/setup", json={"project": "9.1", "schema": config}),
+                   unconfigured.post("/predict", json=click_body(
+                       f"{url}/bus.jpg", [keypoint(5, 5)], config))):
         assert answer.status_code == 422 and "SAM checkpoint 'sam_b.pt' not found" in \
             answer.json["error"]
-    monkeypatch.delenv("LABELPILOT_SAM_MODEL")
-    unset = client.post("/setup", json={"project": "9.1", "schema": load("sam_brush")})
+    unset = unconfigured.post("/setup", json={"project": "9.1", "schema": load("sam_brush")})
     assert unset.status_code == 422 and "LABELPILOT_SAM_MODEL" in unset.json["error"]
+    assert unconfigured.get("/health").status_code == 200
     assert client.get("/health").status_code == 200
 
 
-def test_batch_predict_prewarms_so_the_first_click_is_a_hit(client, images):
+def test_batch_predict_prewarms_so_the_first_click_is_a_hit(client, images, models):
     url, directory = images
-    sam = get_interactor(SAM_REF)
+    sam = models.get(SAM_REF)
     crop = cv2.imread(str(directory / "bus-crop.png"))
     assert not sam.is_cached(crop)
     body = click_body(f"{url}/bus-crop.png", [])
@@ -237,10 +253,10 @@ def test_batch_predict_prewarms_so_the_first_click_is_a_hit(client, images):
     assert time.perf_counter() - started < 1.5
 
 
-def test_a_second_worker_reuses_the_embedding_through_redis(redis_url):
-    spec = parse_sam_ref(SAM_REF)
+def test_a_second_worker_reuses_the_embedding_through_redis(redis_url, models):
+    spec = models.spec(SAM_REF)
     store = RedisEmbeddingStore(redis.Redis.from_url(redis_url), ttl=60)
-    shared = get_interactor(SAM_REF)  # reuse its weights: two "workers" in one process
+    shared = models.get(SAM_REF)  # reuse its weights: two "workers" in one process
     workers = []
     for _ in range(2):
         worker = SamInteractor.__new__(SamInteractor)
@@ -274,11 +290,11 @@ def test_redis_tier_keeps_only_the_newest_embeddings_under_its_cap(redis_url):
     assert float(tensor[0, 0, 0, 0]) == 4.0 and got_frame == frame
 
 
-def test_clicks_still_work_when_redis_is_down():
+def test_clicks_still_work_when_redis_is_down(models):
     from labelpilot.embedded_redis import free_port
 
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
-    shared = get_interactor(SAM_REF)
+    shared = models.get(SAM_REF)
     worker = SamInteractor.__new__(SamInteractor)
     worker.__dict__.update(shared.__dict__)
     worker.cache = EmbeddingCache(1 << 26, lambda e: e.nbytes)

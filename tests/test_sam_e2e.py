@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import redis
 import requests
-from labelpilot.backends.interactive import PointPrompt, Prompt
-from labelpilot.backends.sam import get_interactor
-from labelpilot.label_config import load
 
+from labelpilot.backends.interactive import PointPrompt, Prompt
+from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.sam import SamModels, SamOptions
+from labelpilot.label_config import load
 from tests.conftest import ARTIFACTS, BackendServer, start_backend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -71,7 +72,7 @@ def interactive(ls_admin, backend_id: int, task_id: int,
                 regions: list[dict]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """What the LS UI does on a smart-tool click (Auto-Annotation on)."""
     response = requests.post(f"{ls_admin.url}/api/ml/{backend_id}/interactive-annotating",
-                             headers={"Authorization": f"Token {ls_admin.api_key}"},
+                             headers=ls_admin.headers(),
                              json={"task": task_id, "context": {"result": regions}}, timeout=120)
     response.raise_for_status()
     return dict(response.json())
@@ -112,7 +113,8 @@ def test_smart_click_through_label_studio_returns_the_models_brush_mask(
 
     image = cv2.imread(str(photos["bus"]))
     height, width = image.shape[:2]
-    sam = get_interactor(SAM_REF)  # the same seeded weights the backend loaded
+    sam = SamModels(SamOptions(), ModelLocator(Path("models"), download=False)).get(
+        SAM_REF)  # the same seeded weights the backend loaded
     points = (PointPrompt(0.5 * width, 0.6 * height), PointPrompt(0.2 * width, 0.1 * height,
                                                                    positive=False))
     expected = sam.segment(image, Prompt(points=points))

@@ -6,13 +6,14 @@ import uuid
 
 import pytest
 import redis
-from labelpilot.trainers import queue
-from labelpilot.trainers.pipeline import TrainParams, gate
-from labelpilot.trainers.settings import load_params, save_params
 from rq import Queue
 from rq.job import Job, JobStatus
 
-FUNC = "labelpilot.adapters.label_studio.training.train_project"
+from labelpilot.trainers import queue
+from labelpilot.trainers.pipeline import TrainParams, gate
+from labelpilot.trainers.settings import load_params, save_params
+
+FUNC = "labelpilot.jobs.train_label_studio"
 
 
 @pytest.fixture()

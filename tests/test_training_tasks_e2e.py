@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from labelpilot.trainers.synthetic import ShapeBox
 
+from labelpilot.trainers.synthetic import ShapeBox
 from tests.conftest import BackendServer
 from tests.helpers import GeneratedImage, generate_images
 
@@ -101,11 +101,10 @@ CASES: dict[str, tuple[str, str, Callable[[GeneratedImage], list[dict]], str, st
 @pytest.mark.parametrize("kind", list(CASES))
 def test_control_trains_from_label_studio_and_serves_its_result_type(
         kind, ls_admin, backend: BackendServer, redis_url, shapes_model, tmp_path, monkeypatch):
-    from labelpilot.adapters.label_studio.training import train_project
     from labelpilot.backends.model_store import ModelStore
-    from labelpilot.trainers.settings import save_params
-
+    from labelpilot.jobs import train_label_studio
     from labelpilot.redis_conn import get_redis
+    from labelpilot.trainers.settings import save_params
 
     config, control, annotate, task, result_type = CASES[kind]
     monkeypatch.setenv("MODEL_DIR", str(backend.log.parent / "models"))  # the backend's store
@@ -113,7 +112,7 @@ def test_control_trains_from_label_studio_and_serves_its_result_type(
     images = generate_images(tmp_path, 24, seed=500 + len(kind), size=160, prefix=kind)
     by_name = {g.path.name: g for g in images}
     ls_admin.upload_images(pid, [g.path for g in images])
-    headers = {"Authorization": f"Token {ls_admin.api_key}"}
+    headers = ls_admin.headers()
     tasks = ls_admin.tasks(pid)
     for t in tasks:
         image = next(g for n, g in by_name.items() if t["data"]["image"].endswith(n))
@@ -126,10 +125,10 @@ def test_control_trains_from_label_studio_and_serves_its_result_type(
     pretrained = "" if task == "classify" else str(shapes_model)
     save_params(get_redis(), f"ls-{pid}", epochs=6, imgsz=160, batch=8, pretrained=pretrained)
 
-    result = train_project(pid, trigger={"event": "test"})
+    result = train_label_studio(pid, trigger={"event": "test"})
 
     key = f"ls-{pid}-{control}"
-    version = ModelStore().current(key)
+    version = ModelStore(backend.log.parent / "models" / "store", get_redis()).current(key)
     assert version is not None and version.version == result["version"] == "v1"
     assert result["task"] == task and result["decision"]["promote"]
     assert result["params"]["pretrained"] == pretrained

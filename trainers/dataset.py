@@ -2,8 +2,9 @@
 
 The holdout is fixed by each sample's id, so it never trains and stays comparable across
 versions: candidate and current model are evaluated on exactly the same images.
-Layouts: detect / obb / segment / pose use `images/<split>` + `labels/<split>` and a data yaml;
-classify uses ultralytics' folder layout `<split>/<class>/image` with the holdout as `test`.
+Layouts (`TaskSpec.layout`): "labels" (detect / obb / segment / pose) is `images/<split>` +
+`labels/<split>` and a data yaml; "folders" (classify) is ultralytics' folder layout
+`<split>/<class>/image` with the holdout as `test`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from labelpilot.backends.geometry import rotated_corners
 from labelpilot.backends.shapes import BBox, Instance
+from labelpilot.backends.tasks import TASKS
 from labelpilot.trainers.samples import Sample
 
 SPLITS = ("train", "val", "holdout")
-TASKS = ("detect", "obb", "segment", "pose", "classify")
 
 
 class DatasetError(ValueError):
@@ -47,25 +48,28 @@ class BuiltDataset:
     manifest: list[dict[str, object]]
 
 
-def _label_line(task: str, instance: Instance, index: int, w: int, h: int,
-                keypoint_count: int = 0) -> str | None:
-    if task == "detect" and instance.box is not None:
-        b = instance.box
-        return (f"{index} {(b.x1 + b.x2) / 2 / w:.6f} {(b.y1 + b.y2) / 2 / h:.6f} "
-                f"{(b.x2 - b.x1) / w:.6f} {(b.y2 - b.y1) / h:.6f}")
-    if task == "obb" and (instance.rotated is not None or instance.box is not None):
-        if instance.rotated is not None:
-            corners = rotated_corners(instance.rotated)
-        else:
-            box = instance.box
-            assert box is not None
-            corners = [(box.x1, box.y1), (box.x2, box.y1), (box.x2, box.y2), (box.x1, box.y2)]
-        return f"{index} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in corners)
-    if task == "segment" and instance.polygon and len(instance.polygon) >= 3:
-        return f"{index} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in instance.polygon)
-    if task == "pose" and instance.keypoints:
-        return _pose_line(instance, index, w, h, keypoint_count)
-    return None
+def _box_line(instance: Instance, index: int, w: int, h: int, _keypoints: int) -> str | None:
+    b = instance.box
+    if b is None:
+        return None
+    return (f"{index} {(b.x1 + b.x2) / 2 / w:.6f} {(b.y1 + b.y2) / 2 / h:.6f} "
+            f"{(b.x2 - b.x1) / w:.6f} {(b.y2 - b.y1) / h:.6f}")
+
+
+def _obb_line(instance: Instance, index: int, w: int, h: int, _keypoints: int) -> str | None:
+    if instance.rotated is not None:
+        corners = rotated_corners(instance.rotated)
+    elif (box := instance.box) is not None:
+        corners = [(box.x1, box.y1), (box.x2, box.y1), (box.x2, box.y2), (box.x1, box.y2)]
+    else:
+        return None
+    return f"{index} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in corners)
+
+
+def _polygon_line(instance: Instance, index: int, w: int, h: int, _keypoints: int) -> str | None:
+    if not instance.polygon or len(instance.polygon) < 3:
+        return None
+    return f"{index} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in instance.polygon)
 
 
 def _pose_line(instance: Instance, index: int, w: int, h: int, keypoint_count: int) -> str | None:
@@ -89,6 +93,13 @@ def _pose_line(instance: Instance, index: int, w: int, h: int, keypoint_count: i
     return " ".join(parts)
 
 
+# one YOLO txt label line per instance (None: the instance has nothing this task learns from),
+# for each task whose layout is "labels"
+_LABEL_LINES: dict[str, Callable[[Instance, int, int, int, int], str | None]] = {
+    "detect": _box_line, "obb": _obb_line, "segment": _polygon_line, "pose": _pose_line,
+}
+
+
 def _splits(samples: Sequence[Sample]) -> dict[str, str]:
     splits = {s.sample_id: split_of(s.sample_id) for s in samples}
     # keep every split non-empty: ultralytics refuses an empty val set
@@ -108,8 +119,9 @@ def build_dataset(samples: Sequence[Sample], task: str, class_names: Sequence[st
     if task == "pose" and keypoint_count < 1:
         raise DatasetError("a pose dataset needs the number of keypoints per object")
     shutil.rmtree(root, ignore_errors=True)
-    if task == "classify":
+    if TASKS[task].layout == "folders":
         return _build_classify(samples, class_names, root)
+    label_line = _LABEL_LINES[task]
     names = tuple(class_names)
     index = {n: i for i, n in enumerate(names)}
     splits = _splits(samples)
@@ -119,8 +131,8 @@ def build_dataset(samples: Sequence[Sample], task: str, class_names: Sequence[st
         split = splits[sample.sample_id]
         target = root / "images" / split / _file_name(sample)
         lines = [line for inst in sample.instances if inst.class_name in index
-                 if (line := _label_line(task, inst, index[inst.class_name], sample.width,
-                                         sample.height, keypoint_count))]
+                 if (line := label_line(inst, index[inst.class_name], sample.width,
+                                        sample.height, keypoint_count))]
         label_dir = root / "labels" / split
         label_dir.mkdir(parents=True, exist_ok=True)
         (label_dir / f"{sample.sample_id}.txt").write_text("\n".join(lines) + "\n")

@@ -1,18 +1,34 @@
-"""The bookkeeping every training job does, whatever platform its labels come from."""
+"""The training job, whatever platform its labels come from: `run_training_job` runs it from any
+`LabelSource`; `running_job` is the bookkeeping around it."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
+
+from labelpilot.backends.errors import ModelNotFoundError
+from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.model_store import ModelStore
 from labelpilot.trainers import queue
-from labelpilot.trainers.pipeline import Progress
+from labelpilot.trainers.pipeline import (
+    Progress,
+    TrainParams,
+    TrainRequest,
+    run_training,
+    scratch_model,
+)
+from labelpilot.trainers.samples import Sample
+from labelpilot.trainers.settings import load_params
+from labelpilot.trainers.source import LabelSource, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +76,50 @@ def running_job(connection: redis.Redis, key: str) -> Iterator[Progress]:
         stop.set()
         if job is not None:
             queue.mark_finished(connection, key, job.id)
+
+
+def run_training_job(source: LabelSource, connection: redis.Redis, store: ModelStore,
+                     trigger: Mapping[str, Any] | None = None, *, locator: ModelLocator,
+                     device: str = "") -> dict[str, Any]:
+    """One training job: pull the source's current labels, train, evaluate, write a version
+    and promote it if the gate allows. Returns the version's info (see `run_training`).
+    `locator` finds the default weights (MODEL_DIR); `device`: where to train (LABELPILOT_DEVICE;
+    empty: CUDA when present, else CPU)."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    with running_job(connection, source.key) as progress, tempfile.TemporaryDirectory(
+            prefix=f"{source.key}-") as tmp:
+        samples = source.write_samples(Path(tmp), progress)
+        spec = source.describe(samples)
+        request = train_request(spec, samples, store, load_params(connection, source.key),
+                                {**(trigger or {}), "job": job.id if job else None}, locator,
+                                device)
+        return run_training(request, store, progress)
+
+
+def train_request(spec: TrainSpec, samples: Sequence[Sample], store: ModelStore,
+                  params: TrainParams, trigger: Mapping[str, Any], locator: ModelLocator,
+                  device: str = "") -> TrainRequest:
+    """Start from the promoted version, else from the spec's default weights, else from the
+    task's YAML. The default weights serve until a version is promoted, so they are also what
+    a candidate has to beat."""
+    current = store.current(spec.model_key)
+    start, serving = default_weights(spec, locator)
+    return TrainRequest(key=spec.model_key, task=spec.task, class_names=spec.class_names,
+                        samples=samples, keypoint_count=spec.keypoint_count,
+                        base_model=str(current.weights) if current else start,
+                        serving_weights=serving, params=params, device=device,
+                        trigger={**trigger, **spec.notes})
+
+
+def default_weights(spec: TrainSpec, locator: ModelLocator) -> tuple[str, str | None]:
+    """(weights a first version starts from, weights serving now) for a key with no version."""
+    if spec.default_model:
+        try:
+            resolved = locator.resolve(spec.default_model)
+        except ModelNotFoundError as exc:
+            log.warning("%s; training %s from scratch", exc, spec.model_key)
+        else:
+            return resolved, None if resolved.endswith((".yaml", ".yml")) else resolved
+    return scratch_model(spec.task), None

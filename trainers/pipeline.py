@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from labelpilot.backends.model_store import ModelStore, ModelVersion
+from labelpilot.backends.tasks import task_spec
 from labelpilot.trainers.dataset import build_dataset
 from labelpilot.trainers.samples import Sample
 from labelpilot.trainers.yolo_train import evaluate_yolo, primary_metric, train_yolo
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
-SCRATCH_YAML = {"detect": "yolo11n.yaml", "segment": "yolo11n-seg.yaml",
-                "obb": "yolo11n-obb.yaml", "pose": "yolo11n-pose.yaml",
-                "classify": "yolo11n-cls.yaml"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class TrainParams:
 @dataclass(frozen=True)
 class TrainRequest:
     key: str  # model-store key, e.g. "ls-3-label"
-    task: str  # detect | segment | obb | pose | classify
+    task: str  # a key of labelpilot.backends.tasks.TASKS
     class_names: tuple[str, ...]
     samples: Sequence[Sample]
     base_model: str  # weights to start from, or a .yaml
@@ -54,10 +52,11 @@ class TrainRequest:
     serving_weights: str | None = None  # what serves now when no version is promoted yet
     trigger: dict[str, Any] = field(default_factory=dict)
     keypoint_count: int = 0  # pose: keypoints per object (K of kpt_shape)
+    device: str = ""  # LABELPILOT_DEVICE; empty: CUDA when present, else CPU
 
 
 def scratch_model(task: str) -> str:
-    return SCRATCH_YAML[task]
+    return task_spec(task).scratch_yaml
 
 
 def run_training(request: TrainRequest, store: ModelStore,
@@ -87,7 +86,8 @@ def run_training(request: TrainRequest, store: ModelStore,
         weights = train_yolo(request.base_model, dataset.train_data, work / "train",
                              epochs=epochs, imgsz=request.params.imgsz,
                              batch=request.params.batch, patience=request.params.patience,
-                             callbacks={"on_fit_epoch_end": on_epoch}, **transfer)
+                             device=request.device, callbacks={"on_fit_epoch_end": on_epoch},
+                             **transfer)
         timings["train_s"] = time.time() - t0
         progress({"phase": "evaluating"})
         t0 = time.time()
@@ -95,7 +95,7 @@ def run_training(request: TrainRequest, store: ModelStore,
             return evaluate_yolo(path, dataset.holdout_data, imgsz=request.params.imgsz,
                                  task=request.task, class_names=dataset.class_names,
                                  split=dataset.holdout_split,
-                                 keypoint_count=request.keypoint_count)
+                                 keypoint_count=request.keypoint_count, device=request.device)
 
         candidate_metrics = evaluate(str(weights))
         current_metrics = evaluate(baseline) if baseline else None

@@ -18,7 +18,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job, JobStatus
 
-from labelpilot.redis_conn import as_text
+from labelpilot.backends.redis_text import as_text
 
 QUEUE_NAME = "labelpilot"
 JOB_TIMEOUT = 6 * 3600

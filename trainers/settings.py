@@ -6,9 +6,9 @@ from dataclasses import asdict
 from typing import Any
 
 import redis
-from labelpilot.trainers.pipeline import TrainParams
 
-from labelpilot.redis_conn import as_text
+from labelpilot.backends.redis_text import as_text
+from labelpilot.trainers.pipeline import TrainParams
 
 _KEY = "labelpilot:settings:{}"
 

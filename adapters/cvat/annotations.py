@@ -20,13 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labelpilot.adapters.cvat.rle import decode_shape_rle, mask_box
+from labelpilot.adapters.cvat.tasks import CVAT_TASKS, cvat_task
 from labelpilot.backends.geometry import mask_to_polygon, rotated_corners
 from labelpilot.backends.shapes import BBox, Instance, Keypoint, RotatedBox
 
-# what each model task learns from, and which CVAT label types can feed it
-TASK_LABEL_TYPES = {"detect": {"any", "rectangle", "polygon", "mask"},
-                    "obb": {"any", "rectangle"}, "segment": {"any", "polygon", "mask"},
-                    "pose": {"skeleton"}, "classify": {"any", "tag"}}
 SKELETON_PAD = 0.05
 
 
@@ -183,7 +180,7 @@ def choose_task(instances: Iterable[Instance], tag_count: int) -> str:
     """The model task that the labels mostly are (ties: pose > segment > obb > detect)."""
     counts = Counter(instance_task(i) for i in instances)
     counts["classify"] = tag_count
-    order = ("pose", "segment", "obb", "detect", "classify")
+    order = tuple(CVAT_TASKS)  # pose, segment, obb, detect, classify
     best = max(order, key=lambda t: (counts[t], -order.index(t)))
     if counts[best] == 0:
         raise ValueError("no rectangles, polygons, masks, skeletons or tags to train on")
@@ -192,7 +189,7 @@ def choose_task(instances: Iterable[Instance], tag_count: int) -> str:
 
 def class_names_for(task: str, labels: Mapping[int, LabelInfo]) -> tuple[str, ...]:
     """Label names a `task` model predicts, in CVAT's label id order (stable across runs)."""
-    wanted = TASK_LABEL_TYPES[task]
+    wanted = cvat_task(task).trains_from
     return tuple(label.name for _, label in sorted(labels.items()) if label.type in wanted)
 
 

@@ -17,7 +17,7 @@ from labelpilot.adapters.cvat.tracker import SUPPORTED_SHAPE_TYPES
 from labelpilot.backends.errors import BackendError
 from labelpilot.backends.hot_swap import CurrentModels
 from labelpilot.backends.model_cache import ModelCache
-from labelpilot.backends.model_ref import model_version, resolve_model
+from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.yolo import YoloModel
 
 log = logging.getLogger(__name__)
@@ -102,22 +102,25 @@ class Catalog:
     serves them (hot-swapped); what a configured model offers is read once per model file, so
     listing and invoking load nothing."""
 
-    def __init__(self, models: ModelCache[YoloModel], current: CurrentModels):
+    def __init__(self, models: ModelCache[YoloModel], current: CurrentModels,
+                 settings: config.CvatConfig, locator: ModelLocator):
         self.models = models
+        self.settings = settings
+        self.locator = locator
         self.current = current
         self.store = current.store
         self._described: dict[str, tuple[str, tuple[LabelSpec, ...]]] = {}
 
     def functions(self) -> list[CvatFunction]:
         out: list[CvatFunction] = []
-        for configured in config.configured_models():
+        for configured in self.settings.functions:
             try:
                 out.append(self._configured(configured))
             except (BackendError, ValueError) as exc:
                 log.warning("CVAT function '%s' (%s) is not served: %s", configured.name,
                             configured.ref, exc)
         for key in self.store.model_keys():
-            if not config.store_key_wanted(key):
+            if not self.settings.store_key_wanted(key):
                 continue
             try:
                 current = self.current.get(key)
@@ -137,16 +140,15 @@ class Catalog:
             out.append(DetectorFunction(config.function_name(key), f"labelpilot {key}",
                                         str(current.weights), task, labels,
                                         current.model_version))
-        sam = config.sam_ref()
-        if sam:
-            out.append(InteractorFunction(INTERACTOR_NAME, sam))
-        if config.tracker_enabled():
+        if self.settings.sam:
+            out.append(InteractorFunction(INTERACTOR_NAME, self.settings.sam))
+        if self.settings.tracker:
             out.append(TrackerFunction())
         return out
 
     def _configured(self, configured: config.ConfiguredModel) -> DetectorFunction:
-        weights = resolve_model(configured.ref)
-        version = model_version(configured.ref)  # changes when the file is replaced
+        weights = self.locator.resolve(configured.ref)
+        version = self.locator.version(configured.ref)  # changes when the file is replaced
         if version not in self._described:
             if len(self._described) >= 64:  # files replaced many times: start afresh
                 self._described.clear()

@@ -1,12 +1,9 @@
-"""A cvat-sdk client from the environment.
-
-``CVAT_URL`` (e.g. ``http://cvat.example:8080``) plus either ``CVAT_ACCESS_TOKEN`` (a personal
-access token) or ``CVAT_USER`` + ``CVAT_PASSWORD``; ``CVAT_ORG`` selects an organization.
-"""
+"""A cvat-sdk client for CVAT's address and credentials (`CvatAccess`, from the settings:
+``CVAT_URL`` plus ``CVAT_ACCESS_TOKEN`` or ``CVAT_USER`` + ``CVAT_PASSWORD``; ``CVAT_ORG``)."""
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -14,24 +11,35 @@ class CvatConfigError(RuntimeError):
     """CVAT's address or credentials are missing."""
 
 
-def cvat_client(url: str | None = None, token: str | None = None, user: str | None = None,
-                password: str | None = None) -> Any:
+@dataclass(frozen=True)
+class CvatAccess:
+    url: str | None = None
+    token: str | None = None  # a personal access token
+    user: str | None = None
+    password: str | None = None
+    organization: str | None = None
+
+    def with_url(self, url: str | None) -> CvatAccess:
+        return replace(self, url=url) if url else self
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.token or (self.user and self.password))
+
+
+def cvat_client(access: CvatAccess) -> Any:
     from cvat_sdk import make_client
 
-    url = url or os.environ.get("CVAT_URL")
-    token = token or os.environ.get("CVAT_ACCESS_TOKEN")
-    user = user or os.environ.get("CVAT_USER")
-    password = password or os.environ.get("CVAT_PASSWORD")
-    if not url:
+    if not access.url:
         raise CvatConfigError("CVAT's address is unknown: set CVAT_URL (e.g. "
                               "http://cvat.example:8080) for the worker")
-    if token:
-        client = make_client(url, access_token=token)
-    elif user and password:
-        client = make_client(url, credentials=(user, password))
+    if access.token:
+        client = make_client(access.url, access_token=access.token)
+    elif access.user and access.password:
+        client = make_client(access.url, credentials=(access.user, access.password))
     else:
         raise CvatConfigError("no CVAT credentials: set CVAT_ACCESS_TOKEN, or CVAT_USER and "
                               "CVAT_PASSWORD, for the worker")
-    if os.environ.get("CVAT_ORG"):
-        client.organization_slug = os.environ["CVAT_ORG"]
+    if access.organization:
+        client.organization_slug = access.organization
     return client

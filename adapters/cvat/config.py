@@ -1,21 +1,20 @@
-"""What the CVAT function server offers, from environment variables (read on every call).
+"""What the CVAT function server offers (`CvatConfig`, built once from the settings).
 
-- ``LABELPILOT_CVAT_FUNCTIONS``: detectors from model files, ``name=model`` pairs separated by
-  commas, e.g. ``shapes=/models/shapes.pt,coco=yolo11n.pt``. Unset: one detector per
-  ``LABELPILOT_MODEL_<TASK>`` that is set (named ``yolo-<task>``).
-- ``LABELPILOT_CVAT_STORE_KEYS``: which model-store keys become detectors (comma-separated
-  shell patterns; default ``*``: every key with a promoted version; empty: none).
-- ``LABELPILOT_CVAT_SAM``: the SAM model for the interactor (a ref as in `labelpilot.backends.sam`,
-  default LABELPILOT_SAM_MODEL); neither set: no interactor.
-- ``LABELPILOT_CVAT_TRACKER=0`` hides the tracker.
-- ``LABELPILOT_CVAT_DIRECT_PORTS``: a port range such as ``32001-32016`` for CVAT's "direct"
-  invoke mode (one port per function; ``labelpilot serve`` binds them).
+- ``functions`` (``LABELPILOT_CVAT_FUNCTIONS``): detectors from model files, ``name=model``
+  pairs separated by commas, e.g. ``shapes=/models/shapes.pt,coco=yolo11n.pt``. Unset: one
+  detector per ``LABELPILOT_MODEL_<TASK>`` that is set (named ``yolo-<task>``).
+- ``store_keys`` (``LABELPILOT_CVAT_STORE_KEYS``): which model-store keys become detectors
+  (comma-separated shell patterns; default ``*``: every key with a promoted version; empty: none).
+- ``sam`` (``LABELPILOT_CVAT_SAM``, default LABELPILOT_SAM_MODEL): the SAM model for the
+  interactor (a ref as in `labelpilot.backends.sam`); neither set: no interactor.
+- ``tracker`` (``LABELPILOT_CVAT_TRACKER=false`` hides the tracker).
+- ``direct_ports`` (``LABELPILOT_CVAT_DIRECT_PORTS``): a port range such as ``32001-32016`` for
+  CVAT's "direct" invoke mode (one port per function; ``labelpilot serve`` binds them).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 from dataclasses import dataclass
 
@@ -38,12 +37,36 @@ class ConfiguredModel:
     ref: str
 
 
-def configured_models() -> list[ConfiguredModel]:
-    raw = os.environ.get("LABELPILOT_CVAT_FUNCTIONS")
+@dataclass(frozen=True)
+class CvatConfig:
+    """The facade's configuration; `parse` checks it once, at start-up."""
+
+    functions: tuple[ConfiguredModel, ...] = ()
+    store_keys: tuple[str, ...] = ("*",)
+    sam: str | None = None
+    tracker: bool = True
+    direct_ports: tuple[int, int] | None = None
+    webhook_secret: str | None = None
+
+    @classmethod
+    def parse(cls, *, functions: str | None, task_models: dict[str, str], store_keys: str = "*",
+              sam: str | None = None, tracker: bool = True, direct_ports: str = "",
+              webhook_secret: str | None = None) -> CvatConfig:
+        """From the settings' text values; ConfigError says which value is wrong and why.
+        `task_models`: the LABELPILOT_MODEL_<TASK> given explicitly, by task."""
+        return cls(functions=parse_functions(functions, task_models),
+                   store_keys=tuple(p.strip() for p in store_keys.split(",") if p.strip()),
+                   sam=sam or None, tracker=tracker, direct_ports=parse_port_range(direct_ports),
+                   webhook_secret=webhook_secret or None)
+
+    def store_key_wanted(self, key: str) -> bool:
+        return any(fnmatch.fnmatchcase(key, p) for p in self.store_keys)
+
+
+def parse_functions(raw: str | None, task_models: dict[str, str]) -> tuple[ConfiguredModel, ...]:
     if raw is None:
-        return [ConfiguredModel(f"yolo-{name.removeprefix('LABELPILOT_MODEL_').lower()}", value)
-                for name, value in sorted(os.environ.items())
-                if name.startswith("LABELPILOT_MODEL_") and value]
+        return tuple(ConfiguredModel(f"yolo-{task}", ref)
+                     for task, ref in sorted(task_models.items()) if ref)
     out = []
     for entry in (e.strip() for e in raw.split(",")):
         if not entry:
@@ -53,25 +76,11 @@ def configured_models() -> list[ConfiguredModel]:
             raise ConfigError(f"LABELPILOT_CVAT_FUNCTIONS entry '{entry}' is not name=model "
                               "(e.g. shapes=/models/shapes.pt)")
         out.append(ConfiguredModel(name.strip(), ref.strip()))
-    return out
+    return tuple(out)
 
 
-def store_key_wanted(key: str) -> bool:
-    patterns = [p.strip() for p in os.environ.get("LABELPILOT_CVAT_STORE_KEYS", "*").split(",")]
-    return any(p and fnmatch.fnmatchcase(key, p) for p in patterns)
-
-
-def sam_ref() -> str | None:
-    return os.environ.get("LABELPILOT_CVAT_SAM") or os.environ.get("LABELPILOT_SAM_MODEL") or None
-
-
-def tracker_enabled() -> bool:
-    return os.environ.get("LABELPILOT_CVAT_TRACKER", "1").strip().lower() not in (
-        "0", "false", "no", "off")
-
-
-def direct_ports() -> tuple[int, int] | None:
-    raw = os.environ.get("LABELPILOT_CVAT_DIRECT_PORTS", "").strip()
+def parse_port_range(raw: str) -> tuple[int, int] | None:
+    raw = raw.strip()
     if not raw:
         return None
     first, _, last = raw.partition("-")

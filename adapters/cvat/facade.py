@@ -7,8 +7,8 @@
 - ``POST /`` on a function's own port (``direct`` mode; see `labelpilot.adapters.cvat.ports`);
 - ``POST /cvat/webhook``: CVAT webhooks (see `labelpilot.adapters.cvat.webhook`).
 
-Nuclio's dashboard has no authentication and CVAT sends none, so these paths are exempt from
-the backend's basic auth: expose them only to CVAT's network (``labelpilot serve
+Nuclio's dashboard has no authentication and CVAT sends none, so this blueprint has none of
+the backend's basic auth: expose it only to CVAT's network (``labelpilot serve
 --cvat-port``); the webhook is authenticated by its HMAC signature instead.
 """
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Request, jsonify, request
+import redis
+from flask import Blueprint, jsonify, request
+
 from labelpilot.adapters.cvat import config, ports, tracker
 from labelpilot.adapters.cvat.catalog import (
     Catalog,
@@ -34,28 +36,29 @@ from labelpilot.adapters.cvat.payloads import (
     PayloadError,
     TrackerRequest,
 )
-from labelpilot.adapters.cvat.webhook import handle_webhook
+from labelpilot.adapters.cvat.webhook import TrainingRequest, handle_webhook
 from labelpilot.adapters.http_errors import ApiError, json_body
 from labelpilot.backends.errors import BackendError, ModelLoadError, ModelNotFoundError
 from labelpilot.backends.hot_swap import CurrentModels
+from labelpilot.backends.images import DEFAULT_MAX_PIXELS
 from labelpilot.backends.model_cache import ModelCache
-from labelpilot.backends.sam import PromptError
+from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.sam import PromptError, SamModels
 from labelpilot.backends.yolo import YoloModel
 
-from labelpilot.redis_conn import get_redis
-
 log = logging.getLogger(__name__)
-_OPEN_PREFIXES = ("/api/functions", "/api/function_invocations", "/cvat/webhook")
 
 
-def is_cvat_request(req: Request) -> bool:
-    """Calls from CVAT (nuclio protocol, webhooks), which cannot send basic auth."""
-    return req.path.startswith(_OPEN_PREFIXES) or (req.method == "POST" and req.path == "/")
-
-
-def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blueprint:
+def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels,
+                   connection: redis.Redis, settings: config.CvatConfig,
+                   request_training: TrainingRequest, *, locator: ModelLocator,
+                   sam: SamModels, max_pixels: int = DEFAULT_MAX_PIXELS) -> Blueprint:
+    """The nuclio endpoints and CVAT's webhook. `connection`: the Redis that hands out
+    direct-mode ports; `request_training` queues a training when CVAT says labels are done;
+    `locator` resolves configured model files, `sam` serves the interactor; frames over
+    `max_pixels` are refused."""
     bp = Blueprint("cvat", __name__)
-    catalog = Catalog(models, current)
+    catalog = Catalog(models, current, settings, locator)
 
     def listing() -> list[CvatFunction]:
         try:
@@ -64,7 +67,8 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
             raise ApiError(500, str(exc)) from exc
 
     def port(name: str) -> int | None:
-        return ports.port_for(get_redis(), name) if config.direct_ports() else None
+        span = settings.direct_ports
+        return ports.port_for(connection, name, span) if span else None
 
     @bp.get("/api/functions")
     def list_functions() -> Any:
@@ -94,7 +98,7 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
     @bp.post("/")
     def invoke_directly() -> Any:
         server_port = int(request.environ.get("SERVER_PORT") or 0)
-        name = ports.function_on_port(get_redis(), server_port) if config.direct_ports() \
+        name = ports.function_on_port(connection, server_port) if settings.direct_ports \
             else None
         if name is None:
             raise ApiError(404, f"port {server_port} belongs to no CVAT function: use POST "
@@ -123,7 +127,7 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
             raise ApiError(422, str(exc)) from exc
 
     def run_detector(function: DetectorFunction, req: DetectorRequest) -> list[dict[str, Any]]:
-        image = req.decoded_image()
+        image = req.decoded_image(max_pixels)
         roi = None
         if req.roi is not None:
             try:
@@ -138,14 +142,14 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
             prompt = prompt_from(req.pos_points, req.neg_points, req.obj_bbox)
         except ValueError as exc:
             raise PayloadError(str(exc)) from exc
-        image = req.decoded_image()
-        result = load_interactor(function.ref).segment(image, prompt)
+        image = req.decoded_image(max_pixels)
+        result = load_interactor(function.ref, sam).segment(image, prompt)
         shape = mask_shape(result)
         return {"shapes": [shape] if shape else []}
 
     def run_tracker(req: TrackerRequest) -> dict[str, Any]:
         pairs = req.pairs()
-        image = req.decoded_image()
+        image = req.decoded_image(max_pixels)
         shapes: list[dict[str, Any] | None] = []
         states: list[dict[str, Any]] = []
         for shape_in, state in pairs:
@@ -161,5 +165,9 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels) -> Blu
             shapes.append({"type": found.type, "points": found.points} if found else None)
         return {"shapes": shapes, "states": states}
 
-    bp.add_url_rule("/cvat/webhook", "webhook", handle_webhook, methods=["POST"])
+    @bp.post("/cvat/webhook")
+    def webhook() -> Any:
+        secret = settings.webhook_secret
+        return handle_webhook(secret, request_training)
+
     return bp

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labelpilot.adapters.cvat.rle import encode_shape_rle
 from labelpilot.backends.interactive import Interactor, MaskResult, PointPrompt, Prompt
 from labelpilot.backends.shapes import BBox
+
+if TYPE_CHECKING:
+    from labelpilot.backends.sam import SamModels
 
 CONFIDENCE_SPEC_ID = 0
 
@@ -43,19 +46,17 @@ def mask_shape(result: MaskResult) -> dict[str, Any] | None:
                             "value": f"{min(1.0, max(0.0, float(result.score))):.4f}"}]}
 
 
-def load_interactor(ref: str) -> Interactor:
+def load_interactor(ref: str, sam: SamModels) -> Interactor:
     """The process-wide interactor for `ref`.
 
     ``python:package.module:factory`` calls that factory (any object with the `Interactor`
-    protocol); anything else is a SAM model reference for `labelpilot.backends.sam.get_interactor`.
+    protocol); anything else is a SAM model reference, loaded once by `sam`.
     """
     if ref.startswith("python:"):
         module_name, _, attr = ref.removeprefix("python:").partition(":")
         factory = getattr(importlib.import_module(module_name), attr or "create")
         return _cached(ref, factory)
-    from labelpilot.backends.sam import get_interactor
-
-    return get_interactor(ref)
+    return sam.get(ref)
 
 
 _plugins: dict[str, Interactor] = {}

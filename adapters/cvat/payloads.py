@@ -7,8 +7,9 @@ import binascii
 from typing import Any
 
 import numpy as np
-from labelpilot.backends.images import ImageError, decode_image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 
 Point = tuple[float, float]
 
@@ -21,13 +22,13 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
     image: str = Field(min_length=1, description="the frame, base64-encoded")
 
-    def decoded_image(self) -> np.ndarray:
+    def decoded_image(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         try:
             data = base64.b64decode(self.image, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise PayloadError(f"'image' is not valid base64: {exc}") from exc
         try:
-            return decode_image(data)
+            return decode_image(data, max_pixels=max_pixels)
         except ImageError as exc:
             raise PayloadError(f"'image': {exc}") from exc
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 
 import redis
-from labelpilot.adapters.cvat import config
 
-from labelpilot.redis_conn import as_text
+from labelpilot.backends.redis_text import as_text
 
 log = logging.getLogger(__name__)
 _KEY = "labelpilot:cvat:direct-ports"
@@ -35,11 +34,8 @@ return false
 _warned: set[str] = set()  # names already reported as portless by this process
 
 
-def port_for(connection: redis.Redis, name: str) -> int | None:
-    """The function's direct-mode port; None when direct mode is off or the range is full."""
-    span = config.direct_ports()
-    if span is None:
-        return None
+def port_for(connection: redis.Redis, name: str, span: tuple[int, int]) -> int | None:
+    """The function's port in `span` (the direct-mode range); None when the range is full."""
     try:
         port = connection.eval(_ASSIGN, 1, _KEY, name, span[0], span[1])
     except redis.RedisError as exc:

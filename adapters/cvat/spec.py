@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# model task → CVAT label type of its outputs
-LABEL_TYPE = {"detect": "rectangle", "obb": "rectangle", "segment": "mask", "pose": "skeleton",
-              "classify": "tag"}
+from labelpilot.adapters.cvat.tasks import cvat_task
+
 SCORE_ATTRIBUTE = "score"
 COCO_KEYPOINTS = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
@@ -47,9 +46,7 @@ def keypoint_names(count: int, names: Sequence[str] | None = None) -> tuple[str,
 
 def model_labels(task: str, class_names: Sequence[str], keypoint_count: int = 0,
                  keypoints: Sequence[str] | None = None) -> tuple[LabelSpec, ...]:
-    if task not in LABEL_TYPE:
-        raise ValueError(f"no CVAT label type for a '{task}' model")
-    kind = LABEL_TYPE[task]
+    kind = cvat_task(task).label_type
     if kind != "skeleton":
         return tuple(LabelSpec(i, n, kind) for i, n in enumerate(class_names))
     names = keypoint_names(keypoint_count, keypoints)

@@ -1,9 +1,10 @@
 """Training from CVAT: pull a task's or project's labels and frames, train, publish a version.
 
-The RQ job (`train_cvat`) first writes a *snapshot* of what it pulled through cvat-sdk
-(labels, each task's annotations, the labelled frames as PNG) and then trains from that
-snapshot with the same pipeline as Label Studio (`labelpilot.trainers.pipeline.run_training`). A
-snapshot can also be given directly (``snapshot=DIR``) to retrain from a saved export.
+CVAT's `LabelSource` (`CvatSource`) first writes a *snapshot* of what it pulled through
+cvat-sdk (labels, each task's annotations, the labelled frames as PNG) and then reads the
+samples from that snapshot; the job itself is Label Studio's too
+(`labelpilot.trainers.job.run_training_job`). A snapshot can also be given directly
+(``snapshot=DIR``) to retrain from a saved export.
 
 Which frames train: every frame with at least one shape or tag, plus every frame of a job in
 state "completed" (those without labels are negatives). The model task follows the labels:
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import cv2
+import redis
+
 from labelpilot.adapters.cvat.annotations import (
     by_frame,
     choose_task,
@@ -33,20 +36,16 @@ from labelpilot.adapters.cvat.annotations import (
     label_infos,
     text_value,
 )
-from labelpilot.backends.errors import ModelNotFoundError
 from labelpilot.backends.images import decode_image
-from labelpilot.backends.model_ref import resolve_model
+from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.trainers import queue
-from labelpilot.trainers.job import running_job
-from labelpilot.trainers.pipeline import Progress, TrainRequest, run_training, scratch_model
+from labelpilot.trainers.job import run_training_job
+from labelpilot.trainers.pipeline import Progress
 from labelpilot.trainers.samples import Sample
-from labelpilot.trainers.settings import load_params
-
-from labelpilot.redis_conn import get_redis
+from labelpilot.trainers.source import TrainSpec
 
 log = logging.getLogger(__name__)
-JOB_FUNC = "labelpilot.adapters.cvat.training.train_cvat"
 KINDS = ("task", "project")
 
 
@@ -56,10 +55,12 @@ def store_key(kind: str, ident: int) -> str:
     return f"cvat-{kind}-{int(ident)}"
 
 
-def request_cvat_training(kind: str, ident: int, trigger: dict[str, Any],
-                          **options: Any) -> queue.Enqueued:
-    """Queue (or join) the training of a CVAT task or project."""
-    return queue.request_training(get_redis(), store_key(kind, ident), JOB_FUNC,
+def request_cvat_training(connection: redis.Redis, job_func: str, kind: str, ident: int,
+                          trigger: dict[str, Any], **options: Any) -> queue.Enqueued:
+    """Queue (or join) the training of a CVAT task or project. `job_func`: the RQ entry point
+    that runs `train_cvat`; it gets `kind`, `ident`, `trigger` and `options` (`snapshot`,
+    `task_type`)."""
+    return queue.request_training(connection, store_key(kind, ident), job_func,
                                   {"kind": kind, "ident": int(ident), "trigger": trigger,
                                    **options}, trigger)
 
@@ -136,59 +137,68 @@ def snapshot_samples(snapshot: Path) -> tuple[list[Sample], dict[int, Any]]:
     return samples, labels
 
 
-def _default_model(task: str) -> tuple[str, str | None]:
-    """(weights to start from, weights serving now) when the key has no version yet."""
-    ref = os.environ.get(f"LABELPILOT_MODEL_{task.upper()}")
-    if ref:
-        try:
-            resolved = resolve_model(ref)
-            return resolved, None if resolved.endswith((".yaml", ".yml")) else resolved
-        except ModelNotFoundError as exc:
-            log.warning("%s; training %s from scratch", exc, task)
-    return scratch_model(task), None
-
-
-def train_request(key: str, samples: list[Sample], labels: dict[int, Any], store: ModelStore,
-                  params: Any, trigger: dict[str, Any],
-                  task_type: str | None = None) -> TrainRequest:
+def train_spec(key: str, samples: Sequence[Sample], labels: dict[int, Any],
+               task_type: str | None = None,
+               default_models: Mapping[str, str] | None = None) -> TrainSpec:
+    """What to train from CVAT labels: the model task follows the labels unless `task_type`.
+    `default_models`: the model set for a task (LABELPILOT_MODEL_<TASK>), which a first
+    version starts from and must beat; a task without one trains from its YAML."""
     task = task_type or choose_task((i for s in samples for i in s.instances),
                                     sum(1 for s in samples if s.classes))
     class_names = class_names_for(task, labels)
     if not class_names:
         raise ValueError(f"the CVAT labels have no label that can train a {task} model")
-    current = store.current(key)
-    start, serving = _default_model(task)
-    extra: dict[str, Any] = {}
+    notes: dict[str, Any] = {"labelled_frames": len(samples)}
     keypoints = keypoint_layout(labels) if task == "pose" else ()
     if keypoints:  # kept in the version's info: CVAT's skeleton sublabels keep their names
-        extra["keypoint_names"] = list(keypoints)
-    return TrainRequest(key=key, task=task, class_names=class_names, samples=samples,
-                        base_model=str(current.weights) if current else start,
-                        serving_weights=serving, params=params, keypoint_count=len(keypoints),
-                        trigger={**trigger, "labelled_frames": len(samples), **extra})
+        notes["keypoint_names"] = list(keypoints)
+    return TrainSpec(model_key=key, task=task, class_names=class_names,
+                     keypoint_count=len(keypoints),
+                     default_model=(default_models or {}).get(task) or None,
+                     notes=notes)
 
 
-def train_cvat(kind: str, ident: int, trigger: dict[str, Any] | None = None,
-               snapshot: str | None = None, task_type: str | None = None) -> dict[str, Any]:
-    """RQ job: pull from CVAT (or read `snapshot`), train, evaluate, write, maybe promote."""
-    from rq import get_current_job
+@dataclass
+class CvatSource:
+    """CVAT's `LabelSource`: a task or project pulled through cvat-sdk, or a saved snapshot."""
 
-    key = store_key(kind, ident)
-    connection = get_redis()
-    job = get_current_job()
-    with running_job(connection, key) as progress, tempfile.TemporaryDirectory(
-            prefix=f"{key}-") as tmp:
-        if snapshot:
-            source = Path(snapshot)
-        else:
-            from labelpilot.adapters.cvat.client import cvat_client
+    kind: str  # "task" | "project"
+    ident: int
+    connect: Callable[[], Any]  # a cvat-sdk client, made when the job pulls
+    snapshot: Path | None = None  # train from this snapshot instead of pulling from CVAT
+    task_type: str | None = None  # the model task; default: what the labels mostly are
+    default_models: Mapping[str, str] = field(default_factory=dict)  # see `train_spec`
+    _labels: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
 
-            source = export_snapshot(cvat_client(), kind, ident, Path(tmp) / "snapshot",
-                                     progress)
-        samples, labels = snapshot_samples(source)
+    def __post_init__(self) -> None:
+        store_key(self.kind, self.ident)  # a wrong kind fails here, not in the job
+
+    @property
+    def key(self) -> str:
+        return store_key(self.kind, self.ident)
+
+    def write_samples(self, directory: Path, progress: Progress) -> list[Sample]:
+        snapshot = self.snapshot or export_snapshot(self.connect(), self.kind, self.ident,
+                                                    directory / "snapshot", progress)
+        samples, self._labels = snapshot_samples(snapshot)
         progress({"phase": "converting", "samples": len(samples)})
-        request = train_request(key, samples, labels, ModelStore(),
-                                load_params(connection, key),
-                                {**(trigger or {}), "job": job.id if job else None,
-                                 "cvat": f"{kind} {ident}"}, task_type)
-        return run_training(request, ModelStore(), progress)
+        return samples
+
+    def describe(self, samples: Sequence[Sample]) -> TrainSpec:
+        spec = train_spec(self.key, samples, self._labels, self.task_type,
+                          self.default_models)
+        return replace(spec, notes={**spec.notes, "cvat": f"{self.kind} {self.ident}"})
+
+
+def train_cvat(kind: str, ident: int, connection: redis.Redis, store: ModelStore,
+               trigger: dict[str, Any] | None = None, *, snapshot: str | None = None,
+               task_type: str | None = None, locator: ModelLocator, device: str = "",
+               connect: Callable[[], Any],
+               default_models: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Pull from CVAT through `connect()` (or read `snapshot`), train, evaluate, write and
+    maybe promote. (`locator`, `device`: see `run_training_job`; `default_models`: see
+    `train_spec`.)"""
+    source = CvatSource(kind, int(ident), connect, Path(snapshot) if snapshot else None,
+                        task_type, dict(default_models or {}))
+    return run_training_job(source, connection, store, trigger, locator=locator,
+                            device=device)

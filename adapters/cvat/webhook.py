@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from flask import jsonify, request
-from labelpilot.adapters.http_errors import ApiError, validation_message
 from pydantic import BaseModel, ConfigDict, ValidationError
 from redis.exceptions import LockError
 
+from labelpilot.adapters.http_errors import ApiError, validation_message
+
 SECRET_ENV = "LABELPILOT_CVAT_WEBHOOK_SECRET"
+TrainingRequest = Callable[[str, int, dict[str, Any]], Any]
+"""Queue (or join) the training of a CVAT ("task" | "project", id) with a trigger; returns
+something with `job_id` and `outcome` (trainers.queue.Enqueued)."""
 
 
 class _Loose(BaseModel):
@@ -79,8 +83,7 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def check_signature(body: bytes, given: str | None) -> None:
-    secret = os.environ.get(SECRET_ENV, "")
+def check_signature(secret: str | None, body: bytes, given: str | None) -> None:
     if not secret:
         raise ApiError(403, f"CVAT webhooks are off: set {SECRET_ENV} on the server and the "
                             "same secret on the CVAT webhook")
@@ -91,9 +94,9 @@ def check_signature(body: bytes, given: str | None) -> None:
                             f"from {SECRET_ENV}")
 
 
-def handle_webhook() -> Any:
+def handle_webhook(secret: str | None, request_training: TrainingRequest) -> Any:
     body = request.get_data()
-    check_signature(body, request.headers.get("X-Signature-256"))
+    check_signature(secret, body, request.headers.get("X-Signature-256"))
     try:
         event = WebhookEvent.model_validate_json(body or b"{}")
     except ValidationError as exc:
@@ -106,14 +109,12 @@ def handle_webhook() -> Any:
         raise ApiError(400, str(exc)) from exc
     if target is None:
         return {"status": "ignored", "event": event.event}
-    from labelpilot.adapters.cvat.training import request_cvat_training
-
     kind, ident = target
     trigger = {"event": event.event, "at": time.time(), "webhook": event.webhook_id,
                "job": event.job.id if event.job else None,
                "user": (event.sender or {}).get("username")}
     try:
-        queued = request_cvat_training(kind, ident, trigger)
+        queued = request_training(kind, ident, trigger)
     except (redis.RedisError, LockError) as exc:
         raise ApiError(503, f"training not queued: Redis is unavailable ({exc}); "
                             f"run 'labelpilot train --cvat-{kind} {ident}' later") from exc

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+
 from labelpilot.adapters.label_studio.config import ControlSpec
 from labelpilot.backends.geometry import mask_to_polygon
 from labelpilot.backends.shapes import BBox, Instance, Keypoint, RotatedBox

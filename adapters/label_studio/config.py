@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
+from labelpilot.backends.tasks import TaskSpec, task_spec
+
 ControlKind = Literal["rectangle", "obb", "polygon", "brush", "keypoint", "choices"]
 
-# Which model tasks can produce what each control needs.
-COMPATIBLE_TASKS: dict[ControlKind, frozenset[str]] = {
-    "rectangle": frozenset({"detect", "segment", "pose", "obb"}),
-    "obb": frozenset({"obb"}),
-    "polygon": frozenset({"segment"}),
-    "brush": frozenset({"segment"}),
-    "keypoint": frozenset({"pose"}),
-    "choices": frozenset({"classify"}),
-}
-DEFAULT_TASK: dict[ControlKind, str] = {
-    "rectangle": "detect", "obb": "obb", "polygon": "segment", "brush": "segment",
-    "keypoint": "pose", "choices": "classify",
+
+@dataclass(frozen=True)
+class ControlTasks:
+    """The model tasks of one control kind."""
+
+    default: TaskSpec  # the task that serves it by default (its default weights) and trains
+    compatible: frozenset[str]  # every task whose outputs it can show (a model_path's model)
+
+
+def _tasks(default: str, *others: str) -> ControlTasks:
+    return ControlTasks(task_spec(default),
+                        frozenset(task_spec(t).name for t in (default, *others)))
+
+
+# control kind → model tasks (LS-specific; the tasks themselves are labelpilot.backends.tasks)
+CONTROL_TASKS: dict[ControlKind, ControlTasks] = {
+    "rectangle": _tasks("detect", "segment", "pose", "obb"),
+    "obb": _tasks("obb"),
+    "polygon": _tasks("segment"),
+    "brush": _tasks("segment"),
+    "keypoint": _tasks("pose"),
+    "choices": _tasks("classify"),
 }
 RESULT_TYPE: dict[ControlKind, str] = {
     "rectangle": "rectanglelabels", "obb": "rectanglelabels", "polygon": "polygonlabels",
     "brush": "brushlabels", "keypoint": "keypointlabels", "choices": "choices",
 }
-_DEFAULT_MODELS = {"detect": "yolo11n.pt", "segment": "yolo11n-seg.pt", "pose": "yolo11n-pose.pt",
-                   "obb": "yolo11n-obb.pt", "classify": "yolo11n-cls.pt"}
 _TAG_KIND: dict[str, ControlKind] = {
     "RectangleLabels": "rectangle", "PolygonLabels": "polygon", "BrushLabels": "brush",
     "KeyPointLabels": "keypoint", "Choices": "choices",
@@ -81,18 +90,29 @@ def store_key(project_id: int | None, control: ControlSpec) -> str | None:
     return f"ls-{project_id}-{control.name}"
 
 
+@dataclass(frozen=True)
+class ControlDefaults:
+    """What a control gets when its tag does not say: the model per task
+    (LABELPILOT_MODEL_<TASK>, else the task table's weights) and the score threshold
+    (LABELPILOT_SCORE_THRESHOLD)."""
+
+    models: tuple[tuple[str, str], ...] = ()  # (task, model reference) pairs
+    score_threshold: float = 0.25
+
+    def model(self, task: str) -> str:
+        return dict(self.models).get(task) or task_spec(task).default_weights
+
+
 def default_model(task: str) -> str:
-    """Per-task default, overridable with LABELPILOT_MODEL_<TASK> (e.g. LABELPILOT_MODEL_DETECT)."""
-    return os.environ.get(f"LABELPILOT_MODEL_{task.upper()}", _DEFAULT_MODELS[task])
-
-
-def default_threshold() -> float:
-    return float(os.environ.get("LABELPILOT_SCORE_THRESHOLD", "0.25"))
+    """The task table's default weights for `task`."""
+    return ControlDefaults().model(task)
 
 
 @lru_cache(maxsize=64)
-def parse_label_config(config: str) -> ServingPlan:
-    """Parse an LS label config. Raises ConfigError when nothing in it can be served."""
+def parse_label_config(config: str, defaults: ControlDefaults | None = None) -> ServingPlan:
+    """Parse an LS label config. Raises ConfigError when nothing in it can be served.
+    `defaults`: what controls get when their tags do not say (see ControlDefaults)."""
+    defaults = defaults or ControlDefaults()
     from label_studio_sdk.label_interface import LabelInterface
 
     if not config or not config.strip():
@@ -104,7 +124,7 @@ def parse_label_config(config: str) -> ServingPlan:
     controls: list[ControlSpec] = []
     ignored: list[str] = []
     for control in interface.controls:
-        spec_or_reason = _control_spec(control)
+        spec_or_reason = _control_spec(control, defaults)
         if isinstance(spec_or_reason, str):
             ignored.append(spec_or_reason)
         else:
@@ -124,7 +144,7 @@ def truthy(value: object) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-def _control_spec(control: object) -> ControlSpec | str:
+def _control_spec(control: object, defaults: ControlDefaults) -> ControlSpec | str:
     tag = getattr(control, "tag", "?")
     name = getattr(control, "name", "?")
     attrs: dict[str, str] = dict(getattr(control, "attr", {}) or {})
@@ -161,8 +181,8 @@ def _control_spec(control: object) -> ControlSpec | str:
         labels=labels,
         label_map=label_map,
         keypoint_labels=keypoint_labels,
-        model_ref=attrs.get("model_path") or default_model(DEFAULT_TASK[kind]),
+        model_ref=attrs.get("model_path") or defaults.model(CONTROL_TASKS[kind].default.name),
         explicit_model="model_path" in attrs,
-        threshold=float(attrs.get("model_score_threshold", default_threshold())),
+        threshold=float(attrs.get("model_score_threshold", defaults.score_threshold)),
         point_threshold=float(attrs.get("model_point_threshold", "0.5")),
     )

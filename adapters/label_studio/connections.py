@@ -1,4 +1,5 @@
-"""How to reach the Label Studio server of each project: env first, else what /setup told us.
+"""How to reach the Label Studio server of each project: the settings first, else what /setup
+told us.
 
 `/setup` reaches one gunicorn worker, `/predict` may reach another: what /setup says is kept in
 Redis (best effort) as well as in memory, so every worker can use it.
@@ -8,17 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
-from labelpilot.adapters.label_studio.auth import TokenAuth
-from labelpilot.adapters.label_studio.image_source import ImageSource
 
-from labelpilot.redis_conn import get_redis
+from labelpilot.adapters.label_studio.client import LabelStudioClient
+from labelpilot.adapters.label_studio.image_source import ImageSource
 
 log = logging.getLogger(__name__)
 _KEY = "labelpilot:ls:project:{}"
@@ -31,10 +30,26 @@ class ProjectConnection:
     label_config: str | None = None
 
 
-class Connections:
-    """Per-project LS address/token/config, and the `ImageSource` built from them."""
+@dataclass(frozen=True)
+class SourcePolicy:
+    """Where images may come from and how (LABEL_STUDIO_URL / _API_KEY override what /setup
+    says; LABELPILOT_ALLOWED_HOSTS, LABELPILOT_MAX_IMAGE_BYTES, LOCAL_FILES_DOCUMENT_ROOT)."""
 
-    def __init__(self, max_sources: int = 32):
+    url: str | None = None
+    token: str | None = None
+    allowed_hosts: frozenset[str] = frozenset()
+    max_bytes: int = 50 * 2**20
+    local_files_root: Path | None = None
+
+
+class Connections:
+    """Per-project LS address/token/config, and the `ImageSource` built from them.
+    `connection`: the Redis shared by every worker (what /setup said is kept there)."""
+
+    def __init__(self, connection: redis.Redis, policy: SourcePolicy | None = None,
+                 max_sources: int = 32):
+        self._redis = connection
+        self.policy = policy or SourcePolicy()
         self._projects: dict[int, ProjectConnection] = {}
         self._sources: OrderedDict[tuple[str | None, str | None], ImageSource] = OrderedDict()
         self._max_sources = max_sources
@@ -51,7 +66,7 @@ class Connections:
         with self._lock:
             self._projects[project_id] = conn
         try:
-            get_redis().set(_KEY.format(project_id), json.dumps(asdict(conn)), ex=30 * 86400)
+            self._redis.set(_KEY.format(project_id), json.dumps(asdict(conn)), ex=30 * 86400)
         except redis.RedisError as exc:
             log.warning("could not store project %s connection in Redis: %s", project_id, exc)
 
@@ -63,7 +78,7 @@ class Connections:
         if known is not None:
             return known
         try:
-            raw = get_redis().get(_KEY.format(project_id))
+            raw = self._redis.get(_KEY.format(project_id))
         except redis.RedisError:
             raw = None
         if not raw:
@@ -75,33 +90,20 @@ class Connections:
 
     def image_source(self, project_id: int | None) -> ImageSource:
         conn = self.get(project_id)
-        url = (os.environ.get("LABEL_STUDIO_URL") or os.environ.get("LABEL_STUDIO_HOST")
-               or conn.hostname)
-        token = (os.environ.get("LABEL_STUDIO_API_KEY")
-                 or os.environ.get("LABEL_STUDIO_ACCESS_TOKEN") or conn.access_token)
+        url = self.policy.url or conn.hostname
+        token = self.policy.token or conn.access_token
         key = (url, token)
         with self._lock:
             source = self._sources.get(key)
             if source is not None:
                 self._sources.move_to_end(key)
                 return source
-        source = _build_source(url, token)
+        source = ImageSource(
+            client=LabelStudioClient(url, token) if url else None,
+            allowed_hosts=frozenset(h.lower() for h in self.policy.allowed_hosts),
+            max_bytes=self.policy.max_bytes, local_files_root=self.policy.local_files_root)
         with self._lock:
             self._sources[key] = source
             while len(self._sources) > self._max_sources:
                 self._sources.popitem(last=False)
         return source
-
-
-def _build_source(url: str | None, token: str | None) -> ImageSource:
-    allowed = frozenset(h.strip().lower() for h in
-                        os.environ.get("LABELPILOT_ALLOWED_HOSTS", "").split(",") if h.strip())
-    root = (os.environ.get("LOCAL_FILES_DOCUMENT_ROOT")
-            or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"))
-    return ImageSource(
-        ls_url=url,
-        auth=TokenAuth(url, token) if url and token else None,
-        allowed_hosts=allowed,
-        max_bytes=int(os.environ.get("LABELPILOT_MAX_IMAGE_BYTES", str(50 * 1024 * 1024))),
-        local_files_root=Path(root) if root else None,
-    )

@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
-import requests
 import urllib3
-from labelpilot.adapters.label_studio.auth import LabelStudioAuthError, TokenAuth
+
+from labelpilot.adapters.label_studio.auth import LabelStudioAuthError
+from labelpilot.adapters.label_studio.client import LabelStudioClient
 
 _CLOUD_PREFIXES = ("s3:", "gs:", "azure-blob:", "azure-spi:")
 _MAX_REDIRECTS = 3
@@ -32,23 +32,24 @@ def _host(url: str) -> str:
 
 @dataclass
 class ImageSource:
-    """Where images come from for one Label Studio server."""
+    """Where images come from for one Label Studio server (`client`: its address and token)."""
 
-    ls_url: str | None
-    auth: TokenAuth | None = None
+    client: LabelStudioClient | None = None
     allowed_hosts: frozenset[str] = frozenset()
     max_bytes: int = 50 * 1024 * 1024
     local_files_root: Path | None = None
     timeout: float = 15.0
-    session: requests.Session = field(default_factory=requests.Session)  # LS API calls
     pool: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(maxsize=16))
 
     def __post_init__(self) -> None:
-        self.ls_url = self.ls_url.rstrip("/") if self.ls_url else None
         hosts = {h.lower() for h in self.allowed_hosts}
         if self.ls_url:
             hosts.add(_host(self.ls_url))
         self._hosts = frozenset(hosts)
+
+    @property
+    def ls_url(self) -> str | None:
+        return self.client.url if self.client else None
 
     def host_allowed(self, url: str) -> bool:
         host = _host(url)
@@ -79,22 +80,14 @@ class ImageSource:
                 f"(allowed now: {', '.join(sorted(self._hosts)) or 'none'})")
         return self._download(url)
 
-    def api_json(self, path: str, **params: Any) -> Any:
-        """A Label Studio API call (`path` like /api/projects/3) with the project's token."""
-        if not self.ls_url:
+    @property
+    def api(self) -> LabelStudioClient:
+        """The client for API calls to this Label Studio (same address and token)."""
+        if self.client is None:
             raise RuntimeError("Label Studio's address is unknown: set LABEL_STUDIO_URL and "
                                "LABEL_STUDIO_API_KEY for the worker (or connect the backend "
                                "first)")
-        url = f"{self.ls_url}{path}"
-        try:
-            headers = self._headers_for(url)
-        except ImageSourceError as exc:  # the token could not be refreshed
-            raise RuntimeError(str(exc)) from exc
-        response = self.session.get(url, params=params, headers=headers, timeout=300)
-        if response.status_code != 200:
-            raise RuntimeError(f"Label Studio answered {response.status_code} for {path}: "
-                               f"{response.text[:200]}")
-        return response.json()
+        return self.client
 
     def _fetch_cloud(self, uri: str, task_id: int | None) -> bytes:
         if not self.ls_url or task_id is None:
@@ -135,10 +128,10 @@ class ImageSource:
                 "(set LABELPILOT_MAX_IMAGE_BYTES to raise it)")
 
     def _headers_for(self, url: str) -> dict[str, str]:
-        if self.auth is None or not self.ls_url or _host(url) != _host(self.ls_url):
+        if self.client is None or not self.ls_url or _host(url) != _host(self.ls_url):
             return {}
         try:
-            return self.auth.header()
+            return self.client.headers()
         except LabelStudioAuthError as exc:
             raise ImageSourceError(str(exc)) from exc
 

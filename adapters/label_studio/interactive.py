@@ -1,24 +1,25 @@
 """Interactive `/predict` (``params.context``): LS clicks/boxes → SAM → one brush/polygon region.
 
 LS sends the clicked smart regions in percent of the image; we turn them into a pixel `Prompt`,
-ask the shared SAM interactor, and answer with exactly one region (an empty `result` list makes
-the LS UI fail, LS #6866), or a 4xx that says what to change.
+ask the process's SAM models (`InteractiveSam`, built once by the composition layer), and
+answer with exactly one region (an empty `result` list makes the LS UI fail, LS #6866), or a
+4xx that says what to change.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from labelpilot.adapters.http_errors import ApiError
 from labelpilot.adapters.label_studio.annotations import ls_rectangle
 from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
@@ -28,18 +29,10 @@ from labelpilot.adapters.label_studio.sam_config import SamSetup, SamTarget
 from labelpilot.backends.embedding_cache import EmbeddingCache
 from labelpilot.backends.errors import BackendError, ModelLoadError
 from labelpilot.backends.geometry import mask_to_polygon, rotated_corners
-from labelpilot.backends.images import ImageError, decode_image
+from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from labelpilot.backends.interactive import MaskResult, PointPrompt, Prompt
-from labelpilot.backends.sam import (
-    SamInteractor,
-    embedding_cache,
-    get_interactor,
-    loaded_models,
-    parse_sam_ref,
-)
-from labelpilot.backends.sam.refs import ENV_MODEL
+from labelpilot.backends.sam import SamInteractor, SamModels
 from labelpilot.backends.shapes import BBox
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 log = logging.getLogger(__name__)
 POLYGON_TOLERANCE = 1.5  # pixels
@@ -136,48 +129,9 @@ def mask_region(mask: MaskResult, target: SamTarget, label: str, to_name: str,
     return region
 
 
-def fetch_image(task: Task, setup: SamSetup, source: ImageSource) -> np.ndarray:
-    url = task.data.get(setup.image_key)
-    if url is None:
-        raise ApiError(422, f"task data has no '{setup.image_key}' field (the config reads "
-                            f"${setup.image_key})")
-    try:
-        data = source.fetch(str(url), task.id)
-        key = hashlib.blake2b(data, digest_size=16).digest()
-        image, _ = _decoded_images().get_or_compute(key, lambda: _read_only(
-            decode_image(data)))
-        return image
-    except (ImageSourceError, ImageError) as exc:
-        raise ApiError(422, f"task {task.id}: {exc}") from exc
-
-
 def _read_only(image: np.ndarray) -> np.ndarray:
     image.setflags(write=False)  # shared between requests
     return image
-
-
-@cache
-def _decoded_images() -> EmbeddingCache[np.ndarray]:
-    """Recently clicked images, decoded (keyed by their bytes): later clicks skip the decode."""
-    megabytes = float(os.environ.get("LABELPILOT_SAM_IMAGE_CACHE_MB", "128"))
-    return EmbeddingCache(int(megabytes * 2**20), lambda image: image.nbytes)
-
-
-def interactor_for(setup: SamSetup) -> SamInteractor:
-    try:
-        return get_interactor(setup.model_ref)
-    except ModelLoadError as exc:
-        raise ApiError(503, str(exc)) from exc
-    except BackendError as exc:
-        raise ApiError(422, str(exc)) from exc
-
-
-def sam_version(setup: SamSetup) -> str:
-    """The SAM part of the model_version (cheap: no model load); 422 when misconfigured."""
-    try:
-        return parse_sam_ref(setup.model_ref).version
-    except BackendError as exc:
-        raise ApiError(422, str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -187,89 +141,134 @@ class ClickAnswer:
     seconds_segment: float  # embedding (cache or encoder) + decoder
 
 
-def answer_click(task: Task, regions: Sequence[ContextRegion], setups: dict[str, SamSetup],
-                 source: ImageSource, version: str) -> ClickAnswer:
-    """The `/predict` answer to one interactive request, or ApiError."""
-    named = next((r.to_name for r in regions if r.to_name in setups), None)
-    setup = setups[named] if named else next(iter(setups.values()))
-    image = fetch_image(task, setup, source)
-    height, width = image.shape[:2]
-    try:
-        click = click_from_context(regions, width, height)
-        target, label = setup.target_for(click.label)
-    except ValueError as exc:
-        raise ApiError(422, str(exc)) from exc
-    if label is None:
-        raise ApiError(422, f"the clicked region has no label and output control "
-                            f"'{target.name}' has several: pick a label before clicking")
-    sam = interactor_for(setup)
-    started = time.perf_counter()
-    try:
-        mask, source_of_embedding = sam.segment_with_info(image, click.prompt)
-    except BackendError as exc:
-        raise ApiError(422, str(exc)) from exc
-    seconds = time.perf_counter() - started
-    if not mask.mask.any():
-        raise ApiError(422, "SAM found no object for this prompt (empty mask): click inside "
-                            "the object, add positive points, or draw a box around it",
-                       embedding=source_of_embedding)
-    try:
-        region = mask_region(mask, target, label, setup.to_name, width, height)
-    except ValueError as exc:
-        raise ApiError(422, f"{exc}: click inside a larger object or use a brush control") \
-            from exc
-    body = {"results": [{"result": [region], "score": region["score"],
-                         "model_version": version}]}
-    return ClickAnswer(body, source_of_embedding, seconds)
+class InteractiveSam:
+    """Interactive SAM for the LS endpoints of one worker process, over its `SamModels`.
 
-
-_prewarm_fetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sam-prewarm-fetch")
-
-
-def prewarm_tasks(tasks: Sequence[Task], setups: dict[str, SamSetup], source: ImageSource
-                  ) -> int:
-    """Queue the embeddings of these tasks' images (background; never fails the request).
-
-    Only the first LABELPILOT_SAM_PREWARM_TASKS (16) tasks of a request: "retrieve predictions"
-    on a whole project must not evict the cache or keep the CPU busy for an hour.
+    `image_cache_mb` (LABELPILOT_SAM_IMAGE_CACHE_MB): decoded images of recent clicks kept,
+    so later clicks skip the decode; `prewarm_tasks` (LABELPILOT_SAM_PREWARM_TASKS): tasks of
+    one batch `/predict` whose embeddings are computed ahead of clicks; `max_pixels`
+    (LABELPILOT_MAX_IMAGE_PIXELS): larger images are refused.
     """
-    chosen = list(tasks)[: int(os.environ.get("LABELPILOT_SAM_PREWARM_TASKS", "16"))]
-    for setup in setups.values():
-        for task in chosen:
-            _prewarm_fetch.submit(_prewarm_one, task, setup, source)
-    return len(chosen) * len(setups)
 
+    def __init__(self, models: SamModels, *, image_cache_mb: float = 128,
+                 prewarm_tasks: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.models = models
+        self.prewarm_limit = prewarm_tasks
+        self.max_pixels = max_pixels
+        self._images: EmbeddingCache[np.ndarray] = EmbeddingCache(
+            int(image_cache_mb * 2**20), lambda image: image.nbytes)
+        self._prewarm_fetch = ThreadPoolExecutor(max_workers=2,
+                                                 thread_name_prefix="sam-prewarm-fetch")
 
-def _prewarm_one(task: Task, setup: SamSetup, source: ImageSource) -> None:
-    try:
-        sam = get_interactor(setup.model_ref)
-        image = fetch_image(task, setup, source)
-    except (ApiError, BackendError) as exc:
-        log.warning("SAM prewarm of task %s skipped: %s", task.id, getattr(exc, "message", exc))
-        return
-    sam.prewarm(image)
-
-
-def preload_sam() -> threading.Thread | None:
-    """Load LABELPILOT_SAM_MODEL in the background at worker start, when it is set."""
-    if not os.environ.get(ENV_MODEL, "").strip():
-        return None
-
-    def run() -> None:
+    def fetch_image(self, task: Task, setup: SamSetup, source: ImageSource) -> np.ndarray:
+        url = task.data.get(setup.image_key)
+        if url is None:
+            raise ApiError(422, f"task data has no '{setup.image_key}' field (the config reads "
+                                f"${setup.image_key})")
         try:
-            get_interactor()
-        except Exception as exc:  # a bad default must not stop the worker
-            log.warning("could not preload SAM %s: %s", os.environ.get(ENV_MODEL), exc)
+            data = source.fetch(str(url), task.id)
+            key = hashlib.blake2b(data, digest_size=16).digest()
+            image, _ = self._images.get_or_compute(key, lambda: _read_only(
+                decode_image(data, max_pixels=self.max_pixels)))
+            return image
+        except (ImageSourceError, ImageError) as exc:
+            raise ApiError(422, f"task {task.id}: {exc}") from exc
 
-    thread = threading.Thread(target=run, name="sam-preload", daemon=True)
-    thread.start()
-    return thread
+    def interactor_for(self, setup: SamSetup) -> SamInteractor:
+        try:
+            return self.models.get(setup.model_ref)
+        except ModelLoadError as exc:
+            raise ApiError(503, str(exc)) from exc
+        except BackendError as exc:
+            raise ApiError(422, str(exc)) from exc
 
+    def version(self, setup: SamSetup) -> str:
+        """The SAM part of the model_version (cheap: no model load); 422 when misconfigured."""
+        try:
+            return self.models.spec(setup.model_ref).version
+        except BackendError as exc:
+            raise ApiError(422, str(exc)) from exc
 
-def sam_health() -> dict[str, Any]:
-    """This worker's SAM models and embedding cache, for /health."""
-    stats = embedding_cache().stats()
-    return {"models": loaded_models(), "cache": {
-        "entries": stats.entries, "mb": round(stats.bytes / 2**20, 1),
-        "max_mb": round(stats.max_bytes / 2**20, 1), "hits": stats.hits,
-        "misses": stats.misses, "computes": stats.computes, "evictions": stats.evictions}}
+    def answer_click(self, task: Task, regions: Sequence[ContextRegion],
+                     setups: dict[str, SamSetup], source: ImageSource,
+                     version: str) -> ClickAnswer:
+        """The `/predict` answer to one interactive request, or ApiError."""
+        named = next((r.to_name for r in regions if r.to_name in setups), None)
+        setup = setups[named] if named else next(iter(setups.values()))
+        image = self.fetch_image(task, setup, source)
+        height, width = image.shape[:2]
+        try:
+            click = click_from_context(regions, width, height)
+            target, label = setup.target_for(click.label)
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from exc
+        if label is None:
+            raise ApiError(422, f"the clicked region has no label and output control "
+                                f"'{target.name}' has several: pick a label before clicking")
+        sam = self.interactor_for(setup)
+        started = time.perf_counter()
+        try:
+            mask, source_of_embedding = sam.segment_with_info(image, click.prompt)
+        except BackendError as exc:
+            raise ApiError(422, str(exc)) from exc
+        seconds = time.perf_counter() - started
+        if not mask.mask.any():
+            raise ApiError(422, "SAM found no object for this prompt (empty mask): click "
+                                "inside the object, add positive points, or draw a box around "
+                                "it", embedding=source_of_embedding)
+        try:
+            region = mask_region(mask, target, label, setup.to_name, width, height)
+        except ValueError as exc:
+            raise ApiError(422, f"{exc}: click inside a larger object or use a brush "
+                                "control") from exc
+        body = {"results": [{"result": [region], "score": region["score"],
+                             "model_version": version}]}
+        return ClickAnswer(body, source_of_embedding, seconds)
+
+    def prewarm_tasks(self, tasks: Sequence[Task], setups: dict[str, SamSetup],
+                      source: ImageSource) -> int:
+        """Queue the embeddings of these tasks' images (background; never fails the request).
+
+        Only the first `prewarm_tasks` tasks of a request: "retrieve predictions" on a whole
+        project must not evict the cache or keep the CPU busy for an hour.
+        """
+        chosen = list(tasks)[: self.prewarm_limit]
+        for setup in setups.values():
+            for task in chosen:
+                self._prewarm_fetch.submit(self._prewarm_one, task, setup, source)
+        return len(chosen) * len(setups)
+
+    def _prewarm_one(self, task: Task, setup: SamSetup, source: ImageSource) -> None:
+        try:
+            sam = self.models.get(setup.model_ref)
+            image = self.fetch_image(task, setup, source)
+        except (ApiError, BackendError) as exc:
+            log.warning("SAM prewarm of task %s skipped: %s", task.id,
+                        getattr(exc, "message", exc))
+            return
+        sam.prewarm(image)
+
+    def preload(self) -> threading.Thread | None:
+        """Load the default SAM (LABELPILOT_SAM_MODEL) in the background at worker start, when
+        one is set."""
+        ref = self.models.options.default_ref.strip()
+        if not ref:
+            return None
+
+        def run() -> None:
+            try:
+                self.models.get()
+            except Exception as exc:  # a bad default must not stop the worker
+                log.warning("could not preload SAM %s: %s", ref, exc)
+
+        thread = threading.Thread(target=run, name="sam-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def health(self) -> dict[str, Any]:
+        """This worker's SAM models and embedding cache, for /health."""
+        stats = self.models.embeddings.stats()
+        return {"models": self.models.loaded(), "cache": {
+            "entries": stats.entries, "mb": round(stats.bytes / 2**20, 1),
+            "max_mb": round(stats.max_bytes / 2**20, 1), "hits": stats.hits,
+            "misses": stats.misses, "computes": stats.computes, "evictions": stats.evictions}}

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
+
 from labelpilot.adapters.label_studio.config import (
-    COMPATIBLE_TASKS,
+    CONTROL_TASKS,
     ControlSpec,
     ServingPlan,
     store_key,
@@ -23,11 +24,11 @@ from labelpilot.adapters.label_studio.results import control_results, task_score
 from labelpilot.adapters.metrics import IMAGE_FETCH_ERRORS, PREDICTIONS
 from labelpilot.backends.errors import ModelNotFoundError, ModelTaskError
 from labelpilot.backends.hot_swap import CurrentModels
-from labelpilot.backends.images import ImageError, decode_image
+from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from labelpilot.backends.model_cache import ModelCache
-from labelpilot.backends.model_ref import model_version, resolve_model
+from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
-from labelpilot.backends.yolo import YoloModel
+from labelpilot.backends.yolo import DEFAULT_MAX_BATCH, YoloModel
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,22 @@ class _Loaded:
 
 
 class Predictor:
-    """Shared by all requests of a worker process; models load once through the cache."""
+    """Shared by all requests of a worker process; models load once through the cache.
 
-    def __init__(self, models: ModelCache[YoloModel] | None = None, fetch_workers: int = 8,
-                 store: ModelStore | None = None):
+    `locator` resolves model refs (MODEL_DIR); without `models`, a cache of at most `max_models`
+    (LABELPILOT_MAX_MODELS) YOLO models on `device` with `max_batch` images per call is made.
+    Images over `max_pixels` (LABELPILOT_MAX_IMAGE_PIXELS) fail their task.
+    """
+
+    def __init__(self, store: ModelStore, locator: ModelLocator, *,
+                 models: ModelCache[YoloModel] | None = None, max_models: int = 4,
+                 device: str = "", max_batch: int = DEFAULT_MAX_BATCH,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, fetch_workers: int = 8):
+        self.locator = locator
+        self.max_pixels = max_pixels
         self.models: ModelCache[YoloModel] = models or ModelCache(
-            YoloModel, capacity=int(os.environ.get("LABELPILOT_MAX_MODELS", "4")))
-        self.current = CurrentModels(store or ModelStore(), self.models.get)
+            partial(YoloModel, device=device, max_batch=max_batch), capacity=max_models)
+        self.current = CurrentModels(store, self.models.get)
         self._pool = ThreadPoolExecutor(max_workers=fetch_workers,
                                         thread_name_prefix="image-fetch")
 
@@ -74,7 +84,7 @@ class Predictor:
                 first()
             for ref in refs:
                 try:
-                    self.models.get(resolve_model(ref))
+                    self.models.get(self.locator.resolve(ref))
                 except Exception as exc:  # a bad default must not stop the worker
                     log.warning("could not preload %s: %s", ref, exc)
 
@@ -88,8 +98,8 @@ class Predictor:
         if trained is not None:
             return ModelChoice(str(trained.weights), trained.model_version)
         try:
-            return ModelChoice(resolve_model(control.model_ref),
-                               model_version(control.model_ref))
+            return ModelChoice(self.locator.resolve(control.model_ref),
+                               self.locator.version(control.model_ref))
         except ModelNotFoundError as exc:
             hint = (" — or label tasks and press Start training to train one" if key else "")
             return ModelChoice(None, f"untrained-{control.name}", f"{exc}{hint}")
@@ -168,7 +178,7 @@ class Predictor:
             IMAGE_FETCH_ERRORS.labels("fetch").inc()
             return _Loaded(None, str(exc))
         try:
-            return _Loaded(decode_image(data), None)
+            return _Loaded(decode_image(data, max_pixels=self.max_pixels), None)
         except ImageError as exc:
             IMAGE_FETCH_ERRORS.labels("decode").inc()
             return _Loaded(None, f"{url}: {exc}")
@@ -176,7 +186,7 @@ class Predictor:
 
 def check_compatible(control: ControlSpec, model: YoloModel) -> None:
     """Raise ModelTaskError when the model can't fill the control (task or labels)."""
-    wanted = COMPATIBLE_TASKS[control.kind]
+    wanted = CONTROL_TASKS[control.kind].compatible
     if model.task not in wanted:
         raise ModelTaskError(
             f"control '{control.name}' needs a {'/'.join(sorted(wanted))} model, but "

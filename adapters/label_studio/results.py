@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
 from labelpilot.adapters.label_studio.config import ControlSpec
 from labelpilot.backends.geometry import instance_mask, mask_to_polygon, rotated_corners
 from labelpilot.backends.shapes import Instance, Prediction

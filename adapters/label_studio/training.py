@@ -1,19 +1,22 @@
-"""Training for Label Studio projects: when to train (webhooks) and the RQ job itself.
+"""Training for Label Studio projects: when to train (webhooks) and LS's `LabelSource`.
 
 The job pulls the project's *current* annotations from LS when it starts, so a lost webhook
-loses nothing and deleted annotations are respected; then hands our own `Sample`s to
-`labelpilot.trainers.pipeline`.
+loses nothing and deleted annotations are respected; `labelpilot.trainers.job` does the rest
+with our own `Sample`s.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
+from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import cv2
+import redis
+
 from labelpilot.adapters.label_studio.annotations import (
     POSE_CLASS,
     task_choices,
@@ -21,32 +24,34 @@ from labelpilot.adapters.label_studio.annotations import (
     task_poses,
 )
 from labelpilot.adapters.label_studio.config import (
-    DEFAULT_TASK,
+    CONTROL_TASKS,
+    ControlDefaults,
     ControlSpec,
     ServingPlan,
     parse_label_config,
     store_key,
 )
-from labelpilot.adapters.label_studio.connections import Connections
 from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
 from labelpilot.adapters.label_studio.payloads import WebhookEvent
-from labelpilot.backends.errors import ModelNotFoundError
-from labelpilot.backends.images import ImageError, decode_image
-from labelpilot.backends.model_ref import resolve_model
+from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.backends.shapes import Instance
 from labelpilot.trainers import queue
-from labelpilot.trainers.job import running_job
-from labelpilot.trainers.pipeline import TrainRequest, run_training, scratch_model
+from labelpilot.trainers.job import run_training_job
+from labelpilot.trainers.pipeline import Progress
 from labelpilot.trainers.samples import Sample
 from labelpilot.trainers.settings import load_params
-
-from labelpilot.redis_conn import get_redis
+from labelpilot.trainers.source import TrainSpec
 
 log = logging.getLogger(__name__)
-TRAINABLE = DEFAULT_TASK  # every control kind trains the model task it is served by
-JOB_FUNC = "labelpilot.adapters.label_studio.training.train_project"
+TRAINABLE = CONTROL_TASKS  # every control kind trains the model task it is served by
 _CHANGES = "labelpilot:train:changes:ls-{}"
+
+
+def queue_key(project_id: int) -> str:
+    """The project's training queue and settings key."""
+    return f"ls-{project_id}"
 
 
 def trainable_control(plan: ServingPlan) -> ControlSpec:
@@ -97,12 +102,15 @@ def task_labels(task: dict[str, Any], plan: ServingPlan, control: ControlSpec, w
     return instances, (), annotation
 
 
-def on_training_event(event: WebhookEvent) -> queue.Enqueued | None:
-    """Apply the project's policy: START_TRAINING always; annotations every N changes."""
-    connection = get_redis()
+def on_training_event(event: WebhookEvent, connection: redis.Redis,
+                      job_func: str) -> queue.Enqueued | None:
+    """Apply the project's policy: START_TRAINING always; annotations every N changes.
+    `job_func`: the RQ entry point that runs `train_project` (imported by name by the worker)."""
     project = event.project_id
+    if project is None:  # check_for_training() refuses such events first
+        raise ValueError("the event names no project")
     if event.action != "START_TRAINING":
-        every = load_params(connection, f"ls-{project}").train_every
+        every = load_params(connection, queue_key(project)).train_every
         changes = connection.incr(_CHANGES.format(project))
         if every <= 0 or changes < every:
             return None
@@ -110,18 +118,25 @@ def on_training_event(event: WebhookEvent) -> queue.Enqueued | None:
     trigger = {"event": event.action, "at": time.time(),
                "annotation": (event.annotation or {}).get("id"),
                "user": (event.annotation or {}).get("completed_by")}
-    return queue.request_training(connection, f"ls-{project}", JOB_FUNC,
-                                  {"project_id": project, "trigger": trigger}, trigger)
+    return request_project_training(connection, job_func, project, trigger)
+
+
+def request_project_training(connection: redis.Redis, job_func: str, project_id: int,
+                             trigger: dict[str, Any]) -> queue.Enqueued:
+    """Queue (or join) the training of an LS project; the job gets `project_id`, `trigger`."""
+    return queue.request_training(connection, queue_key(project_id), job_func,
+                                  {"project_id": project_id, "trigger": trigger}, trigger)
 
 
 def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: ControlSpec,
-                    source: ImageSource, directory: Path) -> list[Sample]:
+                    source: ImageSource, directory: Path,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Sample]:
     samples: list[Sample] = []
     for task in tasks:
         url = (task.get("data") or {}).get(control.image_key)
         try:
             data = source.fetch(str(url), task.get("id"))
-            image = decode_image(data)
+            image = decode_image(data, max_pixels=max_pixels)
         except (ImageSourceError, ImageError) as exc:
             log.warning("task %s skipped for training: %s", task.get("id"), exc)
             continue
@@ -141,43 +156,50 @@ def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: Con
     return samples
 
 
-def train_project(project_id: int, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
-    """RQ job: pull annotations from LS, train, evaluate, write and maybe promote a version."""
-    from rq import get_current_job
+class LabelStudioSource:
+    """LS's `LabelSource`: a project's current annotations for its trainable control."""
 
-    job = get_current_job()
-    connection = get_redis()
-    queue_key = f"ls-{project_id}"
-    with running_job(connection, queue_key) as progress:
-        source = Connections().image_source(project_id)
-        project = source.api_json(f"/api/projects/{project_id}")
-        plan = parse_label_config(project["label_config"])
-        control = trainable_control(plan)
-        key = store_key(project_id, control)
-        assert key is not None
-        tasks = source.api_json(f"/api/projects/{project_id}/export", exportType="JSON",
-                        download_all_tasks="false")
-        params = load_params(connection, queue_key)
-        store = ModelStore()
-        with tempfile.TemporaryDirectory(prefix=f"ls-{project_id}-images-") as tmp:
-            progress({"phase": "downloading", "tasks": len(tasks)})
-            samples = collect_samples(tasks, plan, control, source, Path(tmp))
-            task = TRAINABLE[control.kind]
-            current = store.current(key)
-            default = _base_model(control, task)
-            request = TrainRequest(
-                key=key, task=task, class_names=training_classes(plan, control),
-                samples=samples, keypoint_count=keypoint_count(control),
-                base_model=str(current.weights) if current else default,
-                serving_weights=None if default.endswith(".yaml") else default,
-                params=params, trigger={**(trigger or {}), "annotated_tasks": len(samples),
-                                        "job": job.id if job else None})
-            return run_training(request, store, progress)
+    def __init__(self, project_id: int, images: ImageSource,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, defaults: ControlDefaults | None = None):
+        self.project_id = project_id
+        self.images = images  # the project's LS: API calls (`.api`) and task images
+        self.max_pixels = max_pixels
+        self.defaults = defaults  # the models of controls without model_path
+
+    @property
+    def key(self) -> str:
+        return queue_key(self.project_id)
+
+    @cached_property
+    def _target(self) -> tuple[ServingPlan, ControlSpec]:
+        project = self.images.api.project(self.project_id)
+        plan = parse_label_config(project["label_config"], self.defaults)
+        return plan, trainable_control(plan)
+
+    def write_samples(self, directory: Path, progress: Progress) -> list[Sample]:
+        plan, control = self._target
+        tasks = self.images.api.export_tasks(self.project_id)
+        progress({"phase": "downloading", "tasks": len(tasks)})
+        return collect_samples(tasks, plan, control, self.images, directory, self.max_pixels)
+
+    def describe(self, samples: Sequence[Sample]) -> TrainSpec:
+        plan, control = self._target
+        key = store_key(self.project_id, control)
+        assert key is not None  # the trainable control has no explicit model_path
+        return TrainSpec(model_key=key, task=TRAINABLE[control.kind].default.name,
+                         class_names=training_classes(plan, control),
+                         keypoint_count=keypoint_count(control), default_model=control.model_ref,
+                         notes={"annotated_tasks": len(samples)})
 
 
-def _base_model(control: ControlSpec, task: str) -> str:
-    """The control's default weights when we can get them, else train from the YAML."""
-    try:
-        return resolve_model(control.model_ref)
-    except ModelNotFoundError:
-        return scratch_model(task)
+def train_project(project_id: int, images: ImageSource, connection: redis.Redis,
+                  store: ModelStore, trigger: dict[str, Any] | None = None, *,
+                  locator: ModelLocator, device: str = "",
+                  max_pixels: int = DEFAULT_MAX_PIXELS,
+                  defaults: ControlDefaults | None = None) -> dict[str, Any]:
+    """Pull the project's annotations from LS, train, evaluate, write and maybe promote.
+    (`locator`, `device`: see `run_training_job`; larger images than `max_pixels` are
+    skipped; `defaults`: see `parse_label_config`.)"""
+    source = LabelStudioSource(project_id, images, max_pixels, defaults)
+    return run_training_job(source, connection, store, trigger, locator=locator,
+                            device=device)

@@ -10,15 +10,14 @@ import time
 from typing import Any
 
 import redis
-from labelpilot.adapters.label_studio.payloads import WebhookEvent
 
-from labelpilot.redis_conn import get_redis
+from labelpilot.adapters.label_studio.payloads import WebhookEvent
 
 EVENTS_STREAM = "labelpilot:ls:training-events"
 STREAM_MAXLEN = 100_000
 
 
-def record_training_event(event: WebhookEvent) -> str:
+def record_training_event(connection: redis.Redis, event: WebhookEvent) -> str:
     """Append the event to the training-events stream; returns its stream id."""
     fields: dict[Any, Any] = {
         "action": event.action,
@@ -28,6 +27,5 @@ def record_training_event(event: WebhookEvent) -> str:
         "user": str((event.annotation or {}).get("completed_by", "")),
         "received_at": f"{time.time():.3f}",
     }
-    client: redis.Redis = get_redis()
-    entry_id = client.xadd(EVENTS_STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)
+    entry_id = connection.xadd(EVENTS_STREAM, fields, maxlen=STREAM_MAXLEN, approximate=True)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import time
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
-ENV_DECODER = "LABELPILOT_SAM_DECODER"
+DecoderChoice = Literal["auto", "torch", "onnx"]  # LABELPILOT_SAM_DECODER
 
 
 class PromptDecoder(nn.Module):
@@ -75,7 +74,7 @@ class OnnxDecoder:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS") or 0)
+        options.intra_op_num_threads = torch.get_num_threads()  # follows OMP_NUM_THREADS
         options.log_severity_level = 3
         self.session = onnxruntime.InferenceSession(
             export_onnx(module), options, providers=["CPUExecutionProvider"])
@@ -137,9 +136,8 @@ def _exportable(module: PromptDecoder) -> PromptDecoder:
 
 
 def choose_decoder(module: PromptDecoder, device: str,
-                   choice: str | None = None) -> TorchDecoder | OnnxDecoder:
-    """LABELPILOT_SAM_DECODER: torch, onnx, or auto (default: time both on CPU, keep the faster)."""
-    choice = (choice or os.environ.get(ENV_DECODER, "auto")).strip().lower()
+                   choice: DecoderChoice = "auto") -> TorchDecoder | OnnxDecoder:
+    """torch, onnx, or auto (time both on CPU, keep the faster; torch on a GPU)."""
     torch_decoder = TorchDecoder(module, device)
     if choice == "torch" or (choice == "auto" and not device.startswith("cpu")):
         return torch_decoder

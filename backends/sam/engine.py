@@ -1,34 +1,38 @@
-"""`SamInteractor`: encode each image once (cached), answer every prompt with the decoder only."""
+"""`SamInteractor`: encode each image once (cached), answer every prompt with the decoder only;
+`SamModels`: the SAM models of one process, created once by the composition layer."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
 import torch
-from labelpilot.backends.device import default_device
+
+from labelpilot.backends.device import select_device
 from labelpilot.backends.embedding_cache import EmbeddingCache
 from labelpilot.backends.interactive import Interactor, MaskResult, Prompt
 from labelpilot.backends.model_cache import ModelCache
-from labelpilot.backends.sam.decoder import OnnxDecoder, PromptDecoder, TorchDecoder, choose_decoder
+from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.sam.decoder import (
+    DecoderChoice,
+    OnnxDecoder,
+    PromptDecoder,
+    TorchDecoder,
+    choose_decoder,
+)
 from labelpilot.backends.sam.models import build_network
-from labelpilot.backends.sam.refs import SamSpec, parse_sam_ref
-from labelpilot.backends.sam.shared_store import RedisEmbeddingStore, shared_store
+from labelpilot.backends.sam.refs import SamSpec, chosen_ref, parse_sam_ref
+from labelpilot.backends.sam.shared_store import RedisEmbeddingStore
 from labelpilot.backends.sam.transforms import Frame, encode_prompt, preprocess, upscale_mask
 
 log = logging.getLogger(__name__)
-ENV_CACHE_MB = "LABELPILOT_SAM_CACHE_MB"
-ENV_MAX_MODELS = "LABELPILOT_SAM_MAX_MODELS"
-ENV_PREWARM_QUEUE = "LABELPILOT_SAM_PREWARM_QUEUE"
 ENCODE_WAIT_SECONDS = 120.0  # how long a click waits for another worker's encode of its image
 
 
@@ -42,10 +46,20 @@ class Embedding:
         return self.tensor.element_size() * self.tensor.numel()
 
 
-@cache
-def embedding_cache() -> EmbeddingCache[Embedding]:
-    """The process-wide embedding cache (all models; keys carry the model version)."""
-    megabytes = float(os.environ.get(ENV_CACHE_MB, "512"))
+@dataclass(frozen=True)
+class SamOptions:
+    """How SAM runs in a process (the LABELPILOT_SAM_* settings; same defaults)."""
+
+    default_ref: str = ""  # LABELPILOT_SAM_MODEL: the model when a request names none
+    decoder: DecoderChoice = "auto"
+    cache_mb: float = 512  # embeddings kept in memory, all models together (4 MiB each)
+    max_models: int = 2
+    prewarm_queue: int = 32  # embeddings waiting to be computed ahead of clicks, per model
+    device: str = ""  # LABELPILOT_DEVICE; empty: CUDA when present, else CPU
+
+
+def embedding_cache(megabytes: float) -> EmbeddingCache[Embedding]:
+    """An embedding cache of `megabytes` (for all models: keys carry the model version)."""
     return EmbeddingCache(int(megabytes * 1024 * 1024), lambda e: e.nbytes)
 
 
@@ -83,31 +97,34 @@ class SamInteractor:
     """One loaded SAM; thread-safe. Implements `labelpilot.backends.interactive.Interactor`."""
 
     def __init__(self, spec: SamSpec, network: Any, device: str,
-                 cache: EmbeddingCache[Embedding] | None = None, decoder: str | None = None,
-                 store: RedisEmbeddingStore | None = None):
+                 cache: EmbeddingCache[Embedding] | None = None,
+                 decoder: DecoderChoice = "auto", store: RedisEmbeddingStore | None = None,
+                 prewarm_queue: int = SamOptions.prewarm_queue):
         self.spec = spec
         self._version = spec.version  # stats the checkpoint: once, not per click
         self.device = device
         self.encoder = network.image_encoder
         self.decoder: TorchDecoder | OnnxDecoder = choose_decoder(PromptDecoder(network), device,
                                                                   decoder)
-        self.cache = cache if cache is not None else embedding_cache()
+        self.cache = cache if cache is not None else embedding_cache(SamOptions.cache_mb)
         self.store = store
+        self.prewarm_queue = prewarm_queue
         self._prewarm_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-prewarm")
         self._prewarm_pending = 0
         self._prewarm_lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: SamSpec, device: str | None = None, decoder: str | None = None,
+    def load(cls, spec: SamSpec, device: str = "", decoder: DecoderChoice = "auto",
              cache: EmbeddingCache[Embedding] | None = None,
-             store: RedisEmbeddingStore | None = None) -> SamInteractor:
-        device = device or default_device()
+             store: RedisEmbeddingStore | None = None,
+             prewarm_queue: int = SamOptions.prewarm_queue) -> SamInteractor:
+        device = select_device(device)
         started = time.perf_counter()
         network = build_network(spec, device)
         if spec.checkpoint is None:
             log.warning("SAM %s has RANDOM weights (ref %s): for tests and benchmarks only",
                         spec.kind, spec.key)
-        interactor = cls(spec, network, device, cache, decoder, store)
+        interactor = cls(spec, network, device, cache, decoder, store, prewarm_queue)
         log.info("loaded SAM %s on %s in %.1f s (decoder: %s)", spec.key, device,
                  time.perf_counter() - started, interactor.decoder.name)
         return interactor
@@ -160,9 +177,8 @@ class SamInteractor:
 
     def prewarm(self, image: np.ndarray) -> Future[None] | None:
         """Compute the embedding in the background; None when the prewarm queue is full."""
-        limit = int(os.environ.get(ENV_PREWARM_QUEUE, "32"))
         with self._prewarm_lock:
-            if self._prewarm_pending >= limit:
+            if self._prewarm_pending >= self.prewarm_queue:
                 return None
             self._prewarm_pending += 1
         return self._prewarm_pool.submit(self._prewarm_one, image)
@@ -197,20 +213,43 @@ def _as_interactor(sam: SamInteractor) -> Interactor:
     return sam  # mypy proves SamInteractor satisfies the Interactor protocol
 
 
-def _load(key: str) -> SamInteractor:
-    return SamInteractor.load(parse_sam_ref(key), store=shared_store())
+class SamModels:
+    """The SAM models of one process, created once at start-up and passed to what needs them.
 
+    Each ref loads once (thread-safe; at most `options.max_models`, least recently used dropped
+    first); all of them share one embedding cache (`embeddings`, capped by `options.cache_mb`)
+    and the Redis tier `shared` (None: no Redis tier).
+    """
 
-@cache
-def _models() -> ModelCache[SamInteractor]:
-    return ModelCache(_load, capacity=int(os.environ.get(ENV_MAX_MODELS, "2")))
+    def __init__(self, options: SamOptions, locator: ModelLocator,
+                 shared: RedisEmbeddingStore | None = None):
+        self.options = options
+        self.locator = locator
+        self.shared = shared
+        self.embeddings: EmbeddingCache[Embedding] = embedding_cache(options.cache_mb)
+        self._models: ModelCache[SamInteractor] = ModelCache(self._load,
+                                                              capacity=options.max_models)
+        self._specs: dict[str, SamSpec] = {}  # key → spec: loading needs no second parse
 
+    def spec(self, ref: str | None = None) -> SamSpec:
+        """The checked spec of `ref` (None: `options.default_ref`) without loading it; a
+        `ModelNotFoundError` says what to set when there is no ref at all."""
+        return parse_sam_ref(chosen_ref(ref, self.options.default_ref), self.locator)
 
-def loaded_models() -> list[str]:
-    """Keys of the SAM models this process has loaded."""
-    return _models().loaded()
+    def get(self, ref: str | None = None) -> SamInteractor:
+        """The interactor for `ref` (None: `options.default_ref`), loaded on first use."""
+        spec = self.spec(ref)
+        self._specs.setdefault(spec.key, spec)
+        return self._models.get(spec.key)
 
+    def loaded(self) -> list[str]:
+        """Keys of the SAM models loaded so far."""
+        return self._models.loaded()
 
-def get_interactor(ref: str | None = None) -> SamInteractor:
-    """The process-wide interactor for `ref` (default: LABELPILOT_SAM_MODEL), loaded once."""
-    return _models().get(parse_sam_ref(ref).key)
+    def _load(self, key: str) -> SamInteractor:
+        """(A downloadable checkpoint is not on disk before its first load: a second parse of
+        its key would not find it.)"""
+        options = self.options
+        return SamInteractor.load(self._specs[key], device=options.device,
+                                  decoder=options.decoder, cache=self.embeddings,
+                                  store=self.shared, prewarm_queue=options.prewarm_queue)

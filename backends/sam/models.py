@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
 from labelpilot.backends.sam.refs import SamSpec
 

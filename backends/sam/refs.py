@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
 from labelpilot.backends.errors import BackendError, ModelNotFoundError
-from labelpilot.backends.model_ref import (
-    downloads_allowed,
-    local_candidates,
-    model_dir,
-    model_version,
-)
+from labelpilot.backends.model_ref import ModelLocator, model_version
 
 SamKind = Literal["mobile_sam", "vit_b", "vit_l", "vit_h"]
 KINDS: tuple[SamKind, ...] = ("mobile_sam", "vit_b", "vit_l", "vit_h")
 RANDOM_PREFIX = "random:"
-ENV_MODEL = "LABELPILOT_SAM_MODEL"
 
 # File-name hints, most specific first: official SAM names, ultralytics names, MobileSAM.
 _NAME_HINTS: tuple[tuple[str, SamKind], ...] = (
@@ -57,29 +50,31 @@ class SamSpec:
         return f"sam-{self.kind}-{model_version(str(self.checkpoint))}"
 
 
-def default_ref() -> str:
-    ref = os.environ.get(ENV_MODEL, "").strip()
-    if not ref:
+def chosen_ref(ref: str | None, default: str) -> str:
+    """`ref`, else the configured default; an error that says what to set when neither is."""
+    text = (ref or default).strip()
+    if not text:
         raise ModelNotFoundError(
-            f"no SAM model configured: set {ENV_MODEL} to a checkpoint (e.g. "
+            "no SAM model configured: set LABELPILOT_SAM_MODEL to a checkpoint (e.g. "
             "sam_vit_b_01ec64.pth or mobile_sam.pt in MODEL_DIR), or add sam_model=\"...\" to "
             "the smart control of the label config")
-    return ref
+    return text
 
 
-def parse_sam_ref(ref: str | None = None) -> SamSpec:
-    """Parse and check a ref (see labelpilot.backends.sam); the checkpoint must exist on disk."""
-    text = (ref or default_ref()).strip()
+def parse_sam_ref(ref: str, locator: ModelLocator) -> SamSpec:
+    """Parse and check a ref (see labelpilot.backends.sam); the checkpoint must exist on disk
+    (`locator` says where to look), except an ultralytics asset that may be downloaded."""
+    text = chosen_ref(ref, "")
     if text.startswith(RANDOM_PREFIX):
         kind = text[len(RANDOM_PREFIX):]
         return SamSpec(_check_kind(kind, text), None)
     prefix, sep, rest = text.partition(":")
     if sep and prefix in KINDS:
-        return SamSpec(cast(SamKind, prefix), _find_checkpoint(rest))
-    if text in DOWNLOADABLE and not any(c.is_file() for c in local_candidates(text)) \
-            and downloads_allowed():
-        return SamSpec(DOWNLOADABLE[text], model_dir() / text)  # downloaded when loaded
-    path = _find_checkpoint(text)
+        return SamSpec(cast(SamKind, prefix), _find_checkpoint(rest, locator))
+    if text in DOWNLOADABLE and locator.download \
+            and not any(c.is_file() for c in locator.local_candidates(text)):
+        return SamSpec(DOWNLOADABLE[text], locator.model_dir / text)  # downloaded when loaded
+    path = _find_checkpoint(text, locator)
     return SamSpec(_kind_from_name(path), path)
 
 
@@ -89,9 +84,9 @@ def _check_kind(kind: str, ref: str) -> SamKind:
     return cast(SamKind, kind)
 
 
-def _find_checkpoint(ref: str) -> Path:
-    base = model_dir()
-    candidates = local_candidates(ref)
+def _find_checkpoint(ref: str, locator: ModelLocator) -> Path:
+    base = locator.model_dir
+    candidates = locator.local_candidates(ref)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()

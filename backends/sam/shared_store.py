@@ -3,7 +3,8 @@
 The in-process LRU is per worker; a task prewarmed by worker A would be a miss on worker B
 without this. An encode in progress is announced with a short lock key, so a click that lands on
 another worker waits for that encode instead of running a second one on the same CPU. Redis
-trouble never fails a click: the store then behaves as empty.
+trouble never fails a click: the store then behaves as empty. The composition layer creates
+one per process, on its Redis connection, when LABELPILOT_SAM_REDIS_TTL > 0.
 """
 
 from __future__ import annotations
@@ -13,23 +14,22 @@ import json
 import logging
 import os
 import time
-from typing import Any
 
 import numpy as np
 import redis
 import torch
+
 from labelpilot.backends.sam.transforms import Frame
 
 log = logging.getLogger(__name__)
-ENV_TTL = "LABELPILOT_SAM_REDIS_TTL"
-ENV_MAX_MB = "LABELPILOT_SAM_REDIS_MB"
 _PREFIX = "labelpilot:sam:emb:"
 _INDEX = "labelpilot:sam:emb-index"  # sorted set: embedding key → when it was stored
 EMBEDDING_MB = 4  # float32 1 x 256 x 64 x 64
 
 
 class RedisEmbeddingStore:
-    """Embeddings in Redis for `ttl` seconds, the oldest dropped beyond `max_mb` in all."""
+    """Embeddings in Redis for `ttl` seconds, the oldest dropped beyond `max_mb` in all
+    (LABELPILOT_SAM_REDIS_TTL and LABELPILOT_SAM_REDIS_MB; 1024 MB is 256 images)."""
 
     def __init__(self, client: redis.Redis, ttl: int = 1800, lock_ttl: int = 120,
                  max_mb: int = 1024):
@@ -103,15 +103,3 @@ class RedisEmbeddingStore:
                 return None
             time.sleep(0.05)
         return None
-
-
-def shared_store() -> RedisEmbeddingStore | None:
-    """The Redis tier when REDIS_URL is set and LABELPILOT_SAM_REDIS_TTL > 0 (default 1800 s),
-    at most LABELPILOT_SAM_REDIS_MB in Redis (default 1024, i.e. 256 images)."""
-    ttl = int(os.environ.get(ENV_TTL, "1800"))
-    if ttl <= 0 or not os.environ.get("REDIS_URL"):
-        return None
-    from labelpilot.redis_conn import get_redis
-
-    client: Any = get_redis()
-    return RedisEmbeddingStore(client, ttl, max_mb=int(os.environ.get(ENV_MAX_MB, "1024")))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from labelpilot.backends.interactive import Prompt
 from labelpilot.backends.sam.refs import PromptError
 

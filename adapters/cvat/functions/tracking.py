@@ -16,6 +16,7 @@ from typing import Any
 import cvat_sdk.auto_annotation as cvataa
 import numpy as np
 import PIL.Image
+
 from labelpilot.adapters.cvat import tracker
 from labelpilot.adapters.cvat.functions import pil_to_bgr
 

@@ -1,33 +1,28 @@
-"""Label Studio ML-backend HTTP protocol: /health /setup /predict /webhook /versions /metrics."""
+"""Label Studio's ML-backend protocol as a Flask blueprint: /health /setup /predict /webhook
+/versions, behind the backend's basic auth (BASIC_AUTH_USER / BASIC_AUTH_PASS) when it is set.
+`labelpilot.app.create_app` composes it with the CVAT facade and the admin endpoints."""
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
-import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from flask import Flask, Response, g, jsonify, request
-from labelpilot.adapters.admin import admin_blueprint
-from labelpilot.adapters.cvat.facade import cvat_blueprint, is_cvat_request
-from labelpilot.adapters.http_errors import ApiError, install_error_handlers, json_body
+from flask import Blueprint, Response, jsonify, request
+from redis.exceptions import LockError
+
+from labelpilot.adapters.http_auth import BasicAuth
+from labelpilot.adapters.http_errors import ApiError, json_body
 from labelpilot.adapters.label_studio.config import (
     ConfigError,
+    ControlDefaults,
     ControlSpec,
     ServingPlan,
     parse_label_config,
 )
 from labelpilot.adapters.label_studio.connections import Connections, ProjectConnection
-from labelpilot.adapters.label_studio.interactive import (
-    ClickAnswer,
-    answer_click,
-    preload_sam,
-    prewarm_tasks,
-    sam_health,
-    sam_version,
-)
+from labelpilot.adapters.label_studio.interactive import ClickAnswer, InteractiveSam
 from labelpilot.adapters.label_studio.payloads import (
     TRAINING_ACTIONS,
     PredictRequest,
@@ -37,18 +32,19 @@ from labelpilot.adapters.label_studio.payloads import (
 )
 from labelpilot.adapters.label_studio.predictor import ModelChoice, Predictor
 from labelpilot.adapters.label_studio.sam_config import SamSetup, batch_plan, sam_setups
-from labelpilot.adapters.label_studio.training import on_training_event
 from labelpilot.adapters.label_studio.webhook import record_training_event
-from labelpilot.adapters.metrics import LATENCY, REQUESTS, WEBHOOK_EVENTS, exposition
+from labelpilot.adapters.metrics import WEBHOOK_EVENTS
 from labelpilot.backends.errors import BackendError, ModelLoadError
-from redis.exceptions import LockError
+from labelpilot.trainers.queue import Enqueued
 
 log = logging.getLogger(__name__)
+TrainingHook = Callable[[WebhookEvent], Enqueued | None]
+"""What a training webhook starts: queue (or count towards) a training job for the project."""
 
 
-def _plan(config: str | None) -> ServingPlan:
+def _plan(config: str | None, defaults: ControlDefaults) -> ServingPlan:
     try:
-        return parse_label_config(config or "")
+        return parse_label_config(config or "", defaults)
     except ConfigError as exc:
         raise ApiError(422, str(exc)) from exc
 
@@ -58,15 +54,6 @@ def warm_config_parser() -> None:
     from label_studio_sdk.label_interface import LabelInterface  # noqa: F401
 
 
-def models_to_preload() -> list[str]:
-    """LABELPILOT_PRELOAD (comma list), else every LABELPILOT_MODEL_<TASK> that is set."""
-    listed = os.environ.get("LABELPILOT_PRELOAD")
-    if listed is not None:
-        return [ref.strip() for ref in listed.split(",") if ref.strip()]
-    return [value for name, value in sorted(os.environ.items())
-            if name.startswith("LABELPILOT_MODEL_") and value]
-
-
 def _click_response(answer: ClickAnswer) -> Response:
     response = jsonify(answer.body)
     response.headers["X-Labelpilot-Sam-Embedding"] = answer.embedding_source
@@ -74,60 +61,40 @@ def _click_response(answer: ClickAnswer) -> Response:
     return response
 
 
-def create_app(predictor: Predictor | None = None) -> Flask:
-    app = Flask("labelpilot")
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    install_error_handlers(app)
-    predictor = predictor or Predictor()
-    predictor.current.start()
-    predictor.preload(models_to_preload(), first=warm_config_parser)
-    preload_sam()
-    connections = Connections()
-    auth_user, auth_pass = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+def label_studio_blueprint(predictor: Predictor, connections: Connections,
+                           connection: redis.Redis, on_training: TrainingHook,
+                           auth: BasicAuth | None = None, *, sam: InteractiveSam,
+                           defaults: ControlDefaults | None = None) -> Blueprint:
+    """The LS endpoints. `connection`: the Redis the webhook events are recorded in;
+    `defaults`: the model and threshold of controls whose tags do not name them."""
+    defaults = defaults or ControlDefaults()
+    bp = Blueprint("label_studio", __name__)
 
-    @app.before_request
-    def _start() -> Response | None:
-        g.started = time.perf_counter()
-        if auth_user and auth_pass and not is_cvat_request(request):  # CVAT: no basic auth
-            given = request.authorization
-            ok = given is not None and hmac.compare_digest(given.username or "", auth_user) \
-                and hmac.compare_digest(given.password or "", auth_pass)
-            if not ok:
-                response = jsonify({"status": "error", "error": "HTTP basic auth required: set "
-                                    "the backend's user/password in the LS model settings"})
-                response.status_code = 401
-                response.headers["WWW-Authenticate"] = 'Basic realm="labelpilot"'
-                return response
-        return None
+    if auth is not None:
+        @bp.before_request
+        def _authenticate() -> None:
+            auth.check(request)
 
-    @app.after_request
-    def _measure(response: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule else "unknown"
-        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-        started = g.get("started", time.perf_counter())
-        LATENCY.labels(endpoint).observe(time.perf_counter() - started)
-        return response
-
-    @app.get("/")
-    @app.get("/health")
+    @bp.get("/")
+    @bp.get("/health")
     def health() -> Any:
         return {"status": "UP", "model_class": "labelpilot", "v2": True,
-                "models_loaded": predictor.models.loaded(), "sam": sam_health()}
+                "models_loaded": predictor.models.loaded(), "sam": sam.health()}
 
     def _serving(config: str | None, pid: int | None
                  ) -> tuple[ServingPlan, dict[str, SamSetup], str, dict[ControlSpec, ModelChoice]]:
         """What batch /predict serves, the SAM setups, the project's model_version and the
         models picked for it (picked once per request)."""
         setups = sam_setups(config or "")
-        plan = _plan(config)
+        plan = _plan(config, defaults)
         if setups:
             plan = batch_plan(plan, setups)
         choices = predictor.choices(plan, pid)
         parts = {choice.version for choice in choices.values()}
-        parts |= {sam_version(s) for s in setups.values()}
+        parts |= {sam.version(s) for s in setups.values()}
         return plan, setups, "+".join(sorted(parts)), choices
 
-    @app.post("/setup")
+    @bp.post("/setup")
     def setup() -> Any:
         req = SetupRequest.model_validate(json_body())
         _, _, version, _ = _serving(req.schema_, req.project_id)
@@ -135,7 +102,7 @@ def create_app(predictor: Predictor | None = None) -> Flask:
                                                                req.schema_))
         return {"model_version": version}
 
-    @app.post("/predict")
+    @bp.post("/predict")
     def predict() -> Any:
         req = PredictRequest.model_validate(json_body())
         pid = req.project_id
@@ -148,7 +115,7 @@ def create_app(predictor: Predictor | None = None) -> Flask:
                                "setup; turn Auto-Annotation off or add a SAM control "
                                "(label_config/sam_*.xml)")
             try:
-                answer = answer_click(req.tasks[0], context, setups,
+                answer = sam.answer_click(req.tasks[0], context, setups,
                                       connections.image_source(pid), version)
             except ApiError as exc:  # LS shows the annotator only the status: log the why
                 log.warning("interactive click on task %s refused (%d): %s", req.tasks[0].id,
@@ -156,7 +123,7 @@ def create_app(predictor: Predictor | None = None) -> Flask:
                 raise
             return _click_response(answer)
         if setups:
-            prewarm_tasks(req.tasks, setups, connections.image_source(pid))
+            sam.prewarm_tasks(req.tasks, setups, connections.image_source(pid))
             if not plan.controls:  # entries without "result" store nothing in LS
                 return {"results": [{"model_version": version} for _ in req.tasks]}
         try:
@@ -175,7 +142,7 @@ def create_app(predictor: Predictor | None = None) -> Flask:
             body["errors"] = errors
         return body
 
-    @app.post("/webhook")
+    @bp.post("/webhook")
     def webhook() -> Any:
         event = WebhookEvent.model_validate(json_body())
         if event.action not in TRAINING_ACTIONS:
@@ -187,14 +154,14 @@ def create_app(predictor: Predictor | None = None) -> Flask:
             WEBHOOK_EVENTS.labels(event.action, "invalid").inc()
             raise ApiError(400, str(exc)) from exc
         try:
-            entry = record_training_event(event)
+            entry = record_training_event(connection, event)
         except redis.RedisError as exc:
             WEBHOOK_EVENTS.labels(event.action, "redis_down").inc()
             raise ApiError(503, f"event not recorded: Redis is unavailable ({exc}); "
                                 "Label Studio will not resend it, retrain with 'Start training'"
                            ) from exc
         try:
-            queued = on_training_event(event)
+            queued = on_training(event)
         except (redis.RedisError, LockError) as exc:
             WEBHOOK_EVENTS.labels(event.action, "redis_down").inc()
             raise ApiError(503, f"event recorded but training not queued: {exc}") from exc
@@ -203,7 +170,7 @@ def create_app(predictor: Predictor | None = None) -> Flask:
                         "event_id": entry, "job": queued.job_id if queued else None,
                         "queue": queued.outcome if queued else "counted"}), 201
 
-    @app.route("/versions", methods=["GET", "POST"])
+    @bp.route("/versions", methods=["GET", "POST"])
     def versions() -> Any:
         body = request.get_json(silent=True) or {}
         pid = project_id(request.args.get("project") or body.get("project"))
@@ -212,12 +179,4 @@ def create_app(predictor: Predictor | None = None) -> Flask:
             return {"versions": []}
         return {"versions": [_serving(config, pid)[2]]}
 
-    app.register_blueprint(admin_blueprint(predictor.current.store))
-    app.register_blueprint(cvat_blueprint(predictor.models, predictor.current))
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        payload, content_type = exposition()
-        return Response(payload, content_type=content_type)
-
-    return app
+    return bp

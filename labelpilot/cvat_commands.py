@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from labelpilot.adapters.cvat import config
+from labelpilot.adapters.cvat.client import CvatAccess
+from labelpilot.settings import Settings, SettingsError
 
 WEBHOOK_EVENTS = ("update:job", "update:task")
 
 
-def serving_ports(cvat_port: int, direct_ports: str) -> list[int]:
-    """Extra ports gunicorn binds for CVAT; exports the direct range to the server's env."""
-    ports = [cvat_port] if cvat_port else []
-    if direct_ports:
-        os.environ["LABELPILOT_CVAT_DIRECT_PORTS"] = direct_ports
-        span = config.direct_ports()
-        assert span is not None
+def serving_ports(settings: Settings) -> list[int]:
+    """Extra ports gunicorn binds for CVAT: the facade's port and the direct-mode range.
+    SettingsError when the range is malformed."""
+    ports = [settings.cvat_port] if settings.cvat_port else []
+    try:
+        span = config.parse_port_range(settings.cvat_direct_ports)
+    except config.ConfigError as exc:
+        raise SettingsError(f"invalid configuration: {exc}") from None
+    if span is not None:
         ports.extend(range(span[0], span[1] + 1))
     return ports
 
 
 def train_cvat_command(task: int | None, project: int | None, task_type: str | None,
-                       wait: bool, trigger: dict[str, Any]) -> str:
-    from labelpilot.adapters.cvat.training import request_cvat_training, train_cvat
-
+                       wait: bool, trigger: dict[str, Any], *, train_now: Callable[..., Any],
+                       request: Callable[..., Any]) -> str:
+    """Train here (`wait`: `train_now(kind, ident, trigger, task_type=...)`, the job itself) or
+    queue the job (`request(kind, ident, trigger, task_type=...)` → `queue.Enqueued`)."""
     if (task is None) == (project is None):
         raise ValueError("give exactly one of --cvat-task and --cvat-project")
     kind, ident = ("task", task) if task is not None else ("project", project)
@@ -38,11 +43,11 @@ def train_cvat_command(task: int | None, project: int | None, task_type: str | N
         from labelpilot.adapters.cvat.client import CvatConfigError
 
         try:
-            result = train_cvat(kind, ident, trigger, **options)
+            result = train_now(kind, ident, trigger, **options)
         except CvatConfigError as exc:
             raise SystemExit(f"error: {exc}") from exc
         return f"{result['model_version']}: {result['decision']['reason']}"
-    queued = request_cvat_training(kind, ident, trigger, **options)
+    queued = request(kind, ident, trigger, **options)
     return f"{queued.outcome}: job {queued.job_id} (see: labelpilot jobs --key cvat-{kind}-{ident})"
 
 
@@ -65,7 +70,7 @@ def register_webhook(client: Any, body: dict[str, Any]) -> int:
     return int(created.id)
 
 
-def connect_cvat_command(backend_url: str, cvat_url: str | None, project: int | None,
+def connect_cvat_command(backend_url: str, access: CvatAccess, project: int | None,
                          organization: str | None, secret: str | None) -> str:
     parts = urlsplit(backend_url if "://" in backend_url else f"http://{backend_url}")
     host, port = parts.hostname or "labelpilot", parts.port or (443 if parts.scheme == "https"
@@ -92,12 +97,10 @@ def connect_cvat_command(backend_url: str, cvat_url: str | None, project: int | 
                      "get its registration")
         return "\n".join(lines)
     body = _webhook_body(target, project, secret)
-    have_creds = os.environ.get("CVAT_ACCESS_TOKEN") or (
-        os.environ.get("CVAT_USER") and os.environ.get("CVAT_PASSWORD"))
-    if cvat_url and have_creds:
+    if access.url and access.has_credentials:
         from labelpilot.adapters.cvat.client import cvat_client
 
-        client = cvat_client(cvat_url)
+        client = cvat_client(access)
         if organization:
             client.organization_slug = organization
         webhook_id = register_webhook(client, body)
@@ -107,7 +110,7 @@ def connect_cvat_command(backend_url: str, cvat_url: str | None, project: int | 
     org = f"?org={organization}" if organization and not project else ""
     lines += ["# 3. register the training webhook (or rerun with CVAT_URL and CVAT_ACCESS_TOKEN "
               "or CVAT_USER/CVAT_PASSWORD set):",
-              f"curl -X POST \"${{CVAT_URL:-{cvat_url or 'http://localhost:8080'}}}"
+              f"curl -X POST \"${{CVAT_URL:-{access.url or 'http://localhost:8080'}}}"
               f"/api/webhooks{org}\" -H \"Authorization: Bearer $CVAT_ACCESS_TOKEN\" "
               f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"]
     return "\n".join(lines)

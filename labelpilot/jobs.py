@@ -1,0 +1,80 @@
+"""Training jobs, composed: the RQ entry points a worker imports by name (`LABEL_STUDIO_JOB`,
+`CVAT_JOB`) and the hooks that queue them.
+
+An entry point's Redis connection is the running job's own (outside RQ, as with `labelpilot
+train --wait`, the configured one); the adapters get every dependency explicitly. Adapters
+never import this module: whoever enqueues is handed the job's name.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+if TYPE_CHECKING:
+    from labelpilot.adapters.cvat.webhook import TrainingRequest
+    from labelpilot.adapters.label_studio.blueprint import TrainingHook
+
+LABEL_STUDIO_JOB = "labelpilot.jobs.train_label_studio"
+CVAT_JOB = "labelpilot.jobs.train_cvat"
+
+
+def job_connection() -> redis.Redis:
+    """The running RQ job's connection; the configured Redis outside a worker."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is not None:
+        return job.connection
+    from labelpilot.redis_conn import get_redis
+
+    return get_redis()
+
+
+def train_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a Label Studio project's model from its current annotations."""
+    from labelpilot.adapters.label_studio.connections import Connections
+    from labelpilot.adapters.label_studio.training import train_project
+    from labelpilot.runtime import control_defaults, model_locator, model_store, source_policy
+    from labelpilot.settings import load_settings
+
+    settings = load_settings()
+    connection = job_connection()
+    images = Connections(connection, source_policy(settings)).image_source(project_id)
+    return train_project(project_id, images, connection, model_store(settings, connection),
+                         trigger, locator=model_locator(settings),
+                         device=settings.device, max_pixels=settings.max_image_pixels,
+                         defaults=control_defaults(settings))
+
+
+def train_cvat(kind: str, ident: int, trigger: dict[str, Any] | None = None,
+               snapshot: str | None = None, task_type: str | None = None) -> dict[str, Any]:
+    """Train a CVAT task's or project's model from its labels (or from a saved `snapshot`)."""
+    from labelpilot.adapters.cvat import training
+    from labelpilot.adapters.cvat.client import cvat_client
+    from labelpilot.runtime import cvat_access, model_locator, model_store
+    from labelpilot.settings import load_settings
+
+    settings = load_settings()
+    connection = job_connection()
+    return training.train_cvat(kind, ident, connection, model_store(settings, connection),
+                               trigger, snapshot=snapshot, task_type=task_type,
+                               locator=model_locator(settings), device=settings.device,
+                               connect=partial(cvat_client, cvat_access(settings)),
+                               default_models=settings.task_models_set())
+
+
+def label_studio_hook(connection: redis.Redis) -> TrainingHook:
+    """What an LS training webhook calls: count the event, queue `train_label_studio`."""
+    from labelpilot.adapters.label_studio.training import on_training_event
+
+    return partial(on_training_event, connection=connection, job_func=LABEL_STUDIO_JOB)
+
+
+def cvat_hook(connection: redis.Redis) -> TrainingRequest:
+    """What a CVAT training webhook calls: `(kind, ident, trigger)` → queue `train_cvat`."""
+    from labelpilot.adapters.cvat.training import request_cvat_training
+
+    return partial(request_cvat_training, connection, CVAT_JOB)

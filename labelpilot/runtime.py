@@ -1,0 +1,87 @@
+"""The model-serving objects of a process, built from the settings once, at start-up.
+
+The backends and adapters read no environment: what they need is handed to them. These
+builders are the one place that turns `Settings` into those objects (server worker, RQ worker,
+CLI), so every process configures them the same way.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from labelpilot.adapters.cvat.client import CvatAccess
+from labelpilot.adapters.label_studio.config import ControlDefaults
+from labelpilot.adapters.label_studio.connections import SourcePolicy
+from labelpilot.adapters.label_studio.interactive import InteractiveSam
+from labelpilot.adapters.label_studio.predictor import Predictor
+from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.sam import RedisEmbeddingStore, SamModels, SamOptions
+from labelpilot.settings import Settings, secret
+
+
+def model_locator(settings: Settings) -> ModelLocator:
+    """MODEL_DIR and LABELPILOT_DOWNLOAD_WEIGHTS."""
+    return ModelLocator(settings.resolved_model_dir, download=settings.download_weights)
+
+
+def yolo_max_batch(settings: Settings) -> int:
+    """Images per YOLO call: LABELPILOT_MAX_BATCH, 1 with LABELPILOT_BATCH_MODE=loop."""
+    return 1 if settings.batch_mode == "loop" else settings.max_batch
+
+
+def sam_options(settings: Settings) -> SamOptions:
+    return SamOptions(default_ref=settings.sam_model, decoder=settings.sam_decoder,
+                      cache_mb=settings.sam_cache_mb, max_models=settings.sam_max_models,
+                      prewarm_queue=settings.sam_prewarm_queue, device=settings.device)
+
+
+def build_sam(settings: Settings, connection: redis.Redis | None) -> SamModels:
+    """The process's SAM models; embeddings are shared through `connection` (all workers)
+    unless LABELPILOT_SAM_REDIS_TTL is 0 or there is no connection."""
+    shared = None
+    if connection is not None and settings.sam_redis_ttl > 0:
+        shared = RedisEmbeddingStore(connection, ttl=settings.sam_redis_ttl,
+                                     max_mb=settings.sam_redis_mb)
+    return SamModels(sam_options(settings), model_locator(settings), shared)
+
+
+def build_interactive(settings: Settings, sam: SamModels) -> InteractiveSam:
+    """Interactive SAM for the Label Studio endpoints."""
+    return InteractiveSam(sam, image_cache_mb=settings.sam_image_cache_mb,
+                          prewarm_tasks=settings.sam_prewarm_tasks,
+                          max_pixels=settings.max_image_pixels)
+
+
+def build_predictor(settings: Settings, store: ModelStore) -> Predictor:
+    """Batch pre-annotation over the YOLO models of this process."""
+    return Predictor(store, model_locator(settings), max_models=settings.max_models,
+                     device=settings.device, max_batch=yolo_max_batch(settings),
+                     max_pixels=settings.max_image_pixels)
+
+
+def model_store(settings: Settings, connection: redis.Redis) -> ModelStore:
+    """The versions under MODEL_DIR/store, with their pointers in `connection`."""
+    return ModelStore(settings.resolved_model_dir / "store", connection)
+
+
+def source_policy(settings: Settings) -> SourcePolicy:
+    """How images and LS's API are reached (the settings override what /setup says)."""
+    return SourcePolicy(url=settings.label_studio_url,
+                        token=secret(settings.label_studio_api_key),
+                        allowed_hosts=frozenset(settings.allowed_hosts),
+                        max_bytes=settings.max_image_bytes,
+                        local_files_root=settings.local_files_document_root)
+
+
+def cvat_access(settings: Settings) -> CvatAccess:
+    """CVAT_URL and its credentials (training from CVAT, `connect cvat`)."""
+    return CvatAccess(settings.cvat_url, secret(settings.cvat_access_token), settings.cvat_user,
+                      secret(settings.cvat_password), settings.cvat_org)
+
+
+def control_defaults(settings: Settings) -> ControlDefaults:
+    """The model per task (LABELPILOT_MODEL_<TASK>) and threshold of LS controls whose tags
+    do not name them."""
+    return ControlDefaults(models=tuple(sorted(settings.task_models_set().items())),
+                           score_threshold=settings.score_threshold)
