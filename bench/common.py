@@ -54,7 +54,7 @@ def configure_offline() -> None:
 
 
 def default_model() -> Path:
-    from labelpilot.trainers.shapes_model import ensure_shapes_model
+    from labelpilot.shapes_model import ensure_shapes_model
 
     return ensure_shapes_model(REPO / ".cache" / "models")
 
@@ -62,7 +62,7 @@ def default_model() -> Path:
 def make_images(directory: Path, count: int, size: int, seed: int = 0) -> list[Path]:
     import cv2
 
-    from labelpilot.trainers.synthetic import make_image
+    from labelpilot.synthetic import make_image
 
     rng = random.Random(seed)
     paths = []

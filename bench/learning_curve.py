@@ -4,7 +4,7 @@
                                              [--out docs/learning_curve.png] [--work-dir DIR]
 
 A pool of generated shape images stands in for unlabelled Label Studio tasks; their exact
-ground truth (`labelpilot.trainers.synthetic.make_image`) stands in for the annotator. For every
+ground truth (`labelpilot.synthetic.make_image`) stands in for the annotator. For every
 budget k
 each strategy picks k pool images once, from the weak start model (one-shot, like a first
 round of labelling):
@@ -152,7 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 def label_lines(image: Any, size: int) -> list[str]:
     """YOLO detect label lines of a `ShapeImage` (same format as `write_detection_dataset`)."""
-    from labelpilot.trainers.synthetic import CLASSES
+    from labelpilot.synthetic import CLASSES
 
     return [
         f"{CLASSES.index(b.class_name)} {(b.x1 + b.x2) / 2 / size:.6f} "
@@ -163,7 +163,7 @@ def label_lines(image: Any, size: int) -> list[str]:
 
 
 def generate(count: int, size: int, seed: int) -> list[Any]:
-    from labelpilot.trainers.synthetic import make_image
+    from labelpilot.synthetic import make_image
 
     rng = random.Random(seed)
     return [make_image(rng, size) for _ in range(count)]
@@ -187,7 +187,7 @@ def write_split(root: Path, split: str, images: Sequence[Any], size: int) -> lis
 
 
 def write_yaml(path: Path, root: Path, train: str, val: str) -> Path:
-    from labelpilot.trainers.synthetic import CLASSES
+    from labelpilot.synthetic import CLASSES
 
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
     path.write_text(f"path: {root.resolve()}\ntrain: {train}\nval: {val}\nnames:\n{names}\n")
@@ -224,7 +224,7 @@ def random_order(count: int, seed: int) -> list[int]:
 
 
 def evaluate(weights: Path, holdout_yaml: Path, imgsz: int) -> Metrics:
-    from labelpilot.trainers.synthetic import CLASSES
+    from labelpilot.synthetic import CLASSES
     from labelpilot.trainers.yolo_train import evaluate_yolo
 
     values = evaluate_yolo(
@@ -360,7 +360,7 @@ def write_json(setup: Setup, start: Metrics, runs: Sequence[Run], seconds: float
 
 def prepare(cfg: Config, root: Path) -> Setup:
     """Generate pool / val / holdout, score the pool with the start model."""
-    from labelpilot.trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
+    from labelpilot.shapes_model import WEAK_RECIPE, ensure_shapes_model
 
     start = ensure_shapes_model(REPO / ".cache" / "models", WEAK_RECIPE)
     pool = generate(cfg.pool, cfg.size, cfg.pool_seed)

@@ -79,7 +79,7 @@ def bench_redis() -> redis.Redis:
 def fill_store(store_root: Path, connection: redis.Redis) -> None:
     """v1 = weak model (promoted), v2 = good model, under `KEY`."""
     from labelpilot.backends.model_store import ModelStore
-    from labelpilot.trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
+    from labelpilot.shapes_model import WEAK_RECIPE, ensure_shapes_model
 
     store = ModelStore(store_root, connection)
     weak = ensure_shapes_model(REPO / ".cache" / "models", WEAK_RECIPE)

@@ -54,7 +54,7 @@ def sample_images(directory: Path, with_shapes: bool) -> list[Path]:
             cv2.imwrite(str(target), bgr)
         paths.append(target)
     if with_shapes:
-        from labelpilot.trainers.synthetic import make_image
+        from labelpilot.synthetic import make_image
 
         rng = random.Random(2024)
         for i in range(SHAPE_TASKS):
@@ -77,7 +77,7 @@ def choose_model(settings: Settings, requested: str | None) -> DemoModel:
         if requested:
             raise
         log.warning("%s is not available here (%s).", ref, str(exc).splitlines()[0][:200])
-    from labelpilot.trainers.shapes_model import DEMO_RECIPE, ensure_shapes_model
+    from labelpilot.shapes_model import DEMO_RECIPE, ensure_shapes_model
 
     log.warning("Offline fallback: using a half-trained YOLO11n for generated shapes instead "
                 "(photos get no boxes from it; label a few shapes_*.png tasks and press 'Start "

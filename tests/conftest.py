@@ -74,7 +74,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def shapes_model() -> Path:
     """A YOLO11n trained from YAML on generated shapes (cached in .cache/models)."""
-    from labelpilot.trainers.shapes_model import ensure_shapes_model
+    from labelpilot.shapes_model import ensure_shapes_model
 
     return ensure_shapes_model(CACHE / "models")
 
@@ -82,7 +82,7 @@ def shapes_model() -> Path:
 @pytest.fixture(scope="session")
 def weak_shapes_model() -> Path:
     """An under-trained shapes model (8 epochs): retraining on labels must beat it."""
-    from labelpilot.trainers.shapes_model import WEAK_RECIPE, ensure_shapes_model
+    from labelpilot.shapes_model import WEAK_RECIPE, ensure_shapes_model
 
     return ensure_shapes_model(CACHE / "models", WEAK_RECIPE)
 

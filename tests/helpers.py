@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 
-from labelpilot.trainers.synthetic import ShapeBox, make_image
+from labelpilot.synthetic import ShapeBox, make_image
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,14 @@ def serve_directory(directory: Path) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    with serve_handler(Quiet) as url:
+        yield url
+
+
+@contextmanager
+def serve_handler(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 answering with `handler`; yields its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"

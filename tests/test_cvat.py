@@ -17,7 +17,7 @@ from cvat_sdk import masks, models
 from labelpilot.adapters.cvat import annotations, tracker
 from labelpilot.adapters.cvat.rle import decode_shape_rle, encode_detector_bitmap, encode_shape_rle
 from labelpilot.adapters.cvat.spec import COCO_KEYPOINTS, model_labels, nuclio_spec
-from labelpilot.trainers.synthetic import CLASSES
+from labelpilot.synthetic import CLASSES
 from tests.helpers import generate_images, iou
 
 

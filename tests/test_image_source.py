@@ -1,7 +1,6 @@
 """ImageSource against a real local HTTP server: allowlist, redirects, limits, auth scoping."""
 
 import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -11,6 +10,7 @@ import pytest
 from labelpilot.adapters.label_studio.auth import TokenAuth, jwt_claims
 from labelpilot.adapters.label_studio.client import LabelStudioClient
 from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
+from tests.helpers import serve_handler
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 100
 
@@ -49,10 +49,8 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_handler(Recorder) as url:
+        yield url
 
 
 def source(url: str | None, **kw) -> ImageSource:

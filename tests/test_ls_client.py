@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import ClassVar
 import pytest
 
 from labelpilot.adapters.label_studio.client import LabelStudioApiError, LabelStudioClient
+from tests.helpers import serve_handler
 
 
 def jwt(claims: dict) -> str:
@@ -63,10 +63,8 @@ class FakeLabelStudio(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeLabelStudio)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve_handler(FakeLabelStudio) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -227,8 +227,10 @@ def annotate_all(ls_admin, truth: dict) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
-        loop, ls_admin, tmp_path_factory):
+        loop, ls_admin, tmp_path_factory, redis_url):
     import signal
+
+    import redis as redis_lib
 
     from labelpilot.backends.model_store import ModelStore
 
@@ -263,7 +265,7 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
 
         dead = wait_for(failed, 60, 1, "the killed job to show as failed")
         assert "heartbeats" in dead["meta"]["error"]
-        store = ModelStore(loop["tmp"] / "models" / "store")
+        store = ModelStore(loop["tmp"] / "models" / "store", redis_lib.Redis.from_url(redis_url))
         assert store.versions(f"ls-{pid}-label") == []  # nothing half-written is visible
     finally:
         if worker.poll() is None:
@@ -280,8 +282,8 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
         return done[0] if done else None
 
     wait_for(next_finished, 300, 2, "the next training to finish")
-    assert [v.version for v in ModelStore(loop["tmp"] / "models" / "store").versions(
-        f"ls-{pid}-label")] == ["v1"]
+    store = ModelStore(loop["tmp"] / "models" / "store", redis_lib.Redis.from_url(redis_url))
+    assert [v.version for v in store.versions(f"ls-{pid}-label")] == ["v1"]
 
 
 def test_predict_keeps_serving_and_webhook_answers_fast_when_redis_is_down(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from labelpilot.trainers.synthetic import ShapeBox
+from labelpilot.synthetic import ShapeBox
 from tests.conftest import BackendServer
 from tests.helpers import GeneratedImage, generate_images
 

@@ -3,7 +3,7 @@
 It implements `labelpilot.backends.interactive.Interactor` with a colour flood fill from the first
 positive click (or the box's centre), limited to the box; the real HTTP path, prompt parsing
 and RLE encoding are exercised exactly as with SAM. Served through
-``LABELPILOT_CVAT_SAM=python:tests.test_cvat_stub:StubSam``.
+``LABELPILOT_CVAT_SAM=python:tests.stub_sam:StubSam``.
 """
 
 from __future__ import annotations

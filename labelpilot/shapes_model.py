@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from labelpilot.trainers import synthetic
+from labelpilot import synthetic
 from labelpilot.trainers.yolo_train import train_yolo
 
 log = logging.getLogger(__name__)
