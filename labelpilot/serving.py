@@ -40,13 +40,14 @@ def ensure_redis(stack: ExitStack, settings: Settings) -> Settings:
 
 
 def gunicorn_command(host: str, port: int, workers: int, extra_ports: Sequence[int] = (), *,
-                     threads: int = 4, timeout: int = 120,
-                     app: str = "labelpilot.wsgi:app") -> list[str]:
-    """`extra_ports`: the same app on more ports (CVAT's facade port, direct-mode ports)."""
+                     timeout: int = 120, app: str = "labelpilot.asgi:app") -> list[str]:
+    """`extra_ports`: the same app on more ports (CVAT's facade port, direct-mode ports).
+    uvicorn workers (see labelpilot.asgi), whose WSGI thread pools the app sizes itself from
+    its settings (THREADS)."""
     conf = Path(__file__).with_name("gunicorn_conf.py")
     binds = [arg for p in (port, *extra_ports) for arg in ("-b", f"{host}:{p}")]
     return [sys.executable, "-m", "gunicorn", "-c", str(conf), "-w", str(workers),
-            "--threads", str(threads), "--timeout", str(timeout), *binds, app]
+            "-k", "uvicorn_worker.UvicornWorker", "--timeout", str(timeout), *binds, app]
 
 
 def _serving_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
@@ -71,7 +72,7 @@ def backend_processes(settings: Settings, *, with_worker: bool = True,
                                              env=env))
         server = subprocess.Popen(gunicorn_command(
             settings.host, settings.port, settings.workers, extra_ports,
-            threads=settings.threads, timeout=settings.timeout), env=env)
+            timeout=settings.timeout), env={**env, **settings.env_of(["threads"])})
         children.append(server)
         yield server
     finally:
