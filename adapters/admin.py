@@ -1,23 +1,42 @@
 """Admin HTTP endpoints (vetting, promotion, rollback, settings), job progress and metrics.
 
-Admin calls need ``Authorization: Bearer $LABELPILOT_ADMIN_TOKEN``; without that variable
-they are refused, so nothing is exposed by default. Job progress and /metrics are readable
-like /predict (behind the backend's basic auth when it is set).
+Admin calls need ``Authorization: Bearer $LABELPILOT_ADMIN_TOKEN`` (or the token in an
+``X-Labelpilot-Admin-Token`` header) and nothing else: the token is their own credential, so
+they work alongside the backend's basic auth. Without that variable they are refused, so
+nothing is exposed by default (and with basic auth on, a caller without it gets the same 401 as
+everywhere). Job progress and /metrics are readable like /predict (behind the backend's basic
+auth when it is set).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import redis
 from flask import Blueprint, Response, request
+from pydantic import BaseModel, Field
 
 from labelpilot.adapters.http_auth import BasicAuth, BearerToken
-from labelpilot.adapters.http_errors import ApiError
-from labelpilot.adapters.metrics import exposition
+from labelpilot.adapters.http_errors import ApiError, json_body
+from labelpilot.adapters.metrics import QueueCollector, exposition
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.trainers import queue
+from labelpilot.trainers.queue_status import QueueMonitor
 from labelpilot.trainers.settings import load_params, save_params
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # model-store and settings keys
+
+
+class PromoteRequest(BaseModel):
+    version: str = Field(max_length=12, pattern=r"^v\d{1,9}$",
+                         description="a version of the key, e.g. v3 (GET /admin/models)")
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ApiError(400, f"'{name[:80]}' is not a {what}: letters, digits, '_', '.' and '-', "
+                            "at most 128 (e.g. ls-3-label, cvat-task-7)")
 
 
 def describe(store: ModelStore, key: str) -> dict[str, Any]:
@@ -33,14 +52,18 @@ def describe(store: ModelStore, key: str) -> dict[str, Any]:
 
 
 def admin_blueprint(store: ModelStore, connection: redis.Redis, admin: BearerToken | None,
-                    auth: BasicAuth | None = None) -> Blueprint:
+                    auth: BasicAuth | None = None, monitor: QueueMonitor | None = None
+                    ) -> Blueprint:
     """`admin`: the token the /admin endpoints need (None: they are off); `auth`: the
-    backend's basic auth, which /jobs and /metrics need like /predict."""
+    backend's basic auth, which /jobs and /metrics need like /predict; `monitor`: the
+    training queue's state, reported in /metrics."""
     bp = Blueprint("admin", __name__)
 
-    if auth is not None:
-        @bp.before_request
-        def _authenticate() -> None:
+    @bp.before_request
+    def _authenticate() -> None:
+        if admin is not None and request.path.startswith("/admin/"):
+            admin.check(request)  # the admin token alone: no basic auth on top
+        elif auth is not None:
             auth.check(request)
 
     def _require_admin() -> None:
@@ -63,9 +86,11 @@ def admin_blueprint(store: ModelStore, connection: redis.Redis, admin: BearerTok
     @bp.post("/admin/models/<key>/promote")
     def promote(key: str) -> Any:
         _require_admin()
-        version = (request.get_json(silent=True) or {}).get("version")
-        if not version:
+        _check_name(key, "model key")
+        body = json_body()
+        if not isinstance(body, dict) or "version" not in body:
             raise ApiError(400, "send {\"version\": \"vN\"}")
+        version = PromoteRequest.model_validate(body).version
         try:
             store.promote(key, version, by="admin")
         except KeyError as exc:
@@ -75,6 +100,7 @@ def admin_blueprint(store: ModelStore, connection: redis.Redis, admin: BearerTok
     @bp.post("/admin/models/<key>/rollback")
     def rollback(key: str) -> Any:
         _require_admin()
+        _check_name(key, "model key")
         try:
             store.rollback(key, by="admin")
         except KeyError as exc:
@@ -84,17 +110,21 @@ def admin_blueprint(store: ModelStore, connection: redis.Redis, admin: BearerTok
     @bp.route("/admin/projects/<project>/settings", methods=["GET", "PUT"])
     def settings(project: str) -> Any:
         _require_admin()
+        _check_name(project, "project key")
         if request.method == "GET":
             return vars(load_params(connection, project))
+        body = json_body() if request.data else {}  # empty: nothing changes
+        if not isinstance(body, dict):
+            raise ApiError(400, "send the settings as a JSON object, e.g. {\"epochs\": 30}")
         try:
-            params = save_params(connection, project, **(request.get_json(silent=True) or {}))
-        except (TypeError, ValueError) as exc:
+            params = save_params(connection, project, **body)
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ApiError(400, f"bad settings: {exc}") from exc
         return vars(params)
 
     @bp.get("/metrics")
     def metrics() -> Response:
-        payload, content_type = exposition()
+        payload, content_type = exposition(*([QueueCollector(monitor)] if monitor else []))
         return Response(payload, content_type=content_type)
 
     return bp

@@ -20,9 +20,9 @@ class BasicAuth:
 
     def check(self, request: Request) -> None:
         given = request.authorization
-        ok = (given is not None
-              and hmac.compare_digest(given.username or "", self.user)
-              and hmac.compare_digest(given.password or "", self.password))
+        ok = (given is not None  # bytes: a non-ASCII str would make compare_digest raise
+              and hmac.compare_digest((given.username or "").encode(), self.user.encode())
+              and hmac.compare_digest((given.password or "").encode(), self.password.encode()))
         if not ok:
             raise ApiError(401, "HTTP basic auth required: set the backend's user/password in "
                                 "the LS model settings",
@@ -34,14 +34,22 @@ def basic_auth(user: str | None, password: str | None) -> BasicAuth | None:
     return BasicAuth(user, password) if user and password else None
 
 
+ADMIN_TOKEN_HEADER = "X-Labelpilot-Admin-Token"
+
+
 @dataclass(frozen=True)
 class BearerToken:
-    """`Authorization: Bearer <token>` (the admin endpoints)."""
+    """The admin endpoints' token: `Authorization: Bearer <token>`, or `X-Labelpilot-Admin-Token:
+    <token>` (for clients and proxies whose Authorization header carries the basic auth)."""
 
     token: str
 
     def check(self, request: Request) -> None:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given, self.token):
+        given = request.headers.get(ADMIN_TOKEN_HEADER, "").strip()
+        if not given:
+            header = request.headers.get("Authorization", "")
+            given = header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
             raise ApiError(401, "admin token missing or wrong: send 'Authorization: Bearer "
-                                "<token>'")
+                                f"<token>' or '{ADMIN_TOKEN_HEADER}: <token>'",
+                           headers={"WWW-Authenticate": 'Bearer realm="labelpilot admin"'})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from pydantic import ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException
 
@@ -23,14 +24,29 @@ def error_response(status: int, message: str, **extra: Any) -> tuple[Response, i
     return jsonify({"status": "error", "error": message, **extra}), status
 
 
+class SafeJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, except that a document nested too deeply for Python's parser is invalid
+    JSON (a ValueError: 400 from `get_json`, None from `get_json(silent=True)`), not a
+    RecursionError (a 500)."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError as exc:
+            raise ValueError("JSON nested too deeply") from exc
+
+
 def json_body() -> Any:
     """The request's JSON, or ApiError(400) saying why it is not usable."""
     if not request.data:
         raise ApiError(400, "the request body is empty; send JSON")
     try:
         return request.get_json(force=True)
-    except BadRequest as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc.description}") from exc
+    except BadRequest as exc:  # outside debug mode Flask hides the parser's reason in __cause__
+        reason = getattr(exc.__cause__, "description", None) or exc.description
+        raise ApiError(400, f"the request body is not valid JSON: {reason}") from exc
+    except RecursionError as exc:  # an app without SafeJSONProvider
+        raise ApiError(400, "the request body is not valid JSON: nested too deeply") from exc
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -42,6 +58,11 @@ def validation_message(exc: ValidationError) -> str:
 
 
 def install_error_handlers(app: Flask) -> None:
+    """JSON answers for every error, and request JSON parsed by `SafeJSONProvider`."""
+    provider = SafeJSONProvider(app)
+    provider.sort_keys = app.json.sort_keys  # type: ignore[attr-defined]
+    app.json = provider
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         response, status = error_response(exc.status, exc.message, **exc.extra)

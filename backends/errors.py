@@ -9,6 +9,11 @@ class ModelNotFoundError(BackendError):
     """A model reference points at nothing we can load."""
 
 
+class ModelRefRefused(BackendError):
+    """A model reference from an untrusted place (a label config) names a file outside
+    MODEL_DIR; the message says how to allow it (ALLOW_CUSTOM_MODEL_PATH)."""
+
+
 class ModelLoadError(BackendError):
     """The weights exist (or were named) but could not be loaded."""
 

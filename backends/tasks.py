@@ -25,6 +25,9 @@ class TaskSpec:
     # holdout metrics reported: (our name, key in ultralytics' `results_dict`); the first is
     # the one the promotion gate judges by
     metrics: tuple[tuple[str, str], ...]
+    # the metric (of `metrics`) whose holdout value a first version must reach to be promoted
+    # automatically (TrainParams.first_version_floor); an accuracy's floor is above chance
+    floor_metric: str = "map50"
 
     @property
     def primary_metric(self) -> str:
@@ -44,7 +47,7 @@ TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("obb", "yolo11n-obb.pt", "yolo11n-obb.yaml", "labels", _map_metrics("(B)")),
     TaskSpec("classify", "yolo11n-cls.pt", "yolo11n-cls.yaml", "folders",
              (("accuracy_top1", "metrics/accuracy_top1"),
-              ("accuracy_top5", "metrics/accuracy_top5"))),
+              ("accuracy_top5", "metrics/accuracy_top5")), floor_metric="accuracy_top1"),
 )}
 
 

@@ -13,6 +13,7 @@ from labelpilot.adapters.cvat.config import ConfigError, CvatConfig
 from labelpilot.adapters.cvat.facade import cvat_blueprint
 from labelpilot.adapters.http_auth import BearerToken, basic_auth
 from labelpilot.adapters.http_errors import install_error_handlers
+from labelpilot.adapters.http_ports import PortRouting
 from labelpilot.adapters.label_studio.blueprint import label_studio_blueprint, warm_config_parser
 from labelpilot.adapters.label_studio.connections import Connections
 from labelpilot.adapters.label_studio.predictor import Predictor
@@ -28,6 +29,7 @@ from labelpilot.runtime import (
     source_policy,
 )
 from labelpilot.settings import Settings, SettingsError, secret
+from labelpilot.trainers.queue_status import QueueMonitor
 
 
 def cvat_config(settings: Settings) -> CvatConfig:
@@ -40,6 +42,16 @@ def cvat_config(settings: Settings) -> CvatConfig:
             webhook_secret=secret(settings.cvat_webhook_secret))
     except ConfigError as exc:
         raise SettingsError(f"invalid configuration: {exc}") from None
+
+
+def port_routing(settings: Settings, cvat: CvatConfig) -> PortRouting:
+    """The CVAT facade on LABELPILOT_CVAT_PORT and the direct-mode ports only (also on PORT
+    when LABELPILOT_CVAT_PORT is 0); Label Studio and admin endpoints never there."""
+    ports = set(range(cvat.direct_ports[0], cvat.direct_ports[1] + 1)) \
+        if cvat.direct_ports else set()
+    if not settings.cvat_port_shared:
+        ports.add(settings.cvat_port)
+    return PortRouting("cvat", frozenset(ports), settings.cvat_port_shared, settings.port)
 
 
 def create_app(settings: Settings, connection: redis.Redis, *,
@@ -59,20 +71,25 @@ def create_app(settings: Settings, connection: redis.Redis, *,
     interactive.preload()
     auth = basic_auth(settings.basic_auth_user, secret(settings.basic_auth_pass))
     admin_token = secret(settings.admin_token)
+    monitor = QueueMonitor(connection)
 
     app = Flask("labelpilot")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_error_handlers(app)
     _measure_requests(app)
+    routing = port_routing(settings, cvat)
+    app.before_request(lambda: routing.check(request))  # before each blueprint's own auth
     app.register_blueprint(label_studio_blueprint(
         predictor, Connections(connection, source_policy(settings)), connection,
         jobs.label_studio_hook(connection), auth, sam=interactive,
-        defaults=control_defaults(settings)))
+        defaults=control_defaults(settings), monitor=monitor))
     app.register_blueprint(cvat_blueprint(
         predictor.models, predictor.current, connection, cvat, jobs.cvat_hook(connection),
-        locator=model_locator(settings), sam=sam, max_pixels=settings.max_image_pixels))
+        locator=model_locator(settings), sam=sam, max_pixels=settings.max_image_pixels,
+        monitor=monitor, auth=auth if settings.cvat_port_shared else None))
     app.register_blueprint(admin_blueprint(
-        store, connection, BearerToken(admin_token) if admin_token else None, auth))
+        store, connection, BearerToken(admin_token) if admin_token else None, auth,
+        monitor=monitor))
     return app
 
 

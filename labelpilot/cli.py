@@ -57,8 +57,10 @@ def serve(
     workers: int = typer.Option(None, help="gunicorn worker processes [WORKERS]"),
     threads: int = typer.Option(None, help="threads per worker [THREADS]"),
     worker: bool = typer.Option(True, help="also start one RQ worker"),
-    cvat_port: int = typer.Option(None, help="also serve on this port (e.g. 8070, "
-                                  "CVAT_NUCLIO_PORT) for CVAT's network [LABELPILOT_CVAT_PORT]"),
+    cvat_port: int = typer.Option(None, help="port of the CVAT facade (CVAT_NUCLIO_PORT; "
+                                  "0: on --port, behind basic auth) [LABELPILOT_CVAT_PORT]"),
+    cvat_host: str = typer.Option(None, help="address the CVAT ports bind (default: --host) "
+                                  "[LABELPILOT_CVAT_HOST]"),
     cvat_direct_ports: str = typer.Option(None, help="port range for CVAT's direct invoke "
                                           "mode, e.g. 32001-32016 [LABELPILOT_CVAT_DIRECT_PORTS]"),
 ) -> None:
@@ -69,6 +71,7 @@ def serve(
 
     given = {k: v for k, v in {"host": host, "port": port, "workers": workers,
                                "threads": threads, "cvat_port": cvat_port,
+                               "cvat_host": cvat_host,
                                "cvat_direct_ports": cvat_direct_ports}.items() if v is not None}
     try:
         settings = _settings(ctx).with_overrides(**given)
@@ -81,11 +84,12 @@ def serve(
 
 
 @app.command("worker")
-def worker_command(ctx: typer.Context) -> None:
+def worker_command(ctx: typer.Context, name: str = typer.Option(
+        None, help="the worker's name in RQ (default: a random one)")) -> None:
     """Run an RQ worker for training jobs (start more on other hosts with the same REDIS_URL)."""
     from labelpilot.serving import run_worker
 
-    run_worker(_settings(ctx))
+    run_worker(_settings(ctx), name=name)
 
 
 @app.command("config")
@@ -146,8 +150,9 @@ def connect_label_studio(
 @connect_app.command("cvat")
 def connect_cvat(
     ctx: typer.Context,
-    backend_url: str = typer.Option("http://labelpilot:9090", help="labelpilot's URL as CVAT's "
-                                    "containers reach it (the nuclio facade and the webhook)"),
+    backend_url: str = typer.Option("http://labelpilot:8070", help="labelpilot's CVAT port as "
+                                    "CVAT's containers reach it (the nuclio facade and the "
+                                    "webhook; LABELPILOT_CVAT_PORT)"),
     cvat_url: str = typer.Option(None, help="CVAT's URL: with credentials, the webhook is "
                                  "registered through CVAT's API [CVAT_URL]"),
     project: int = typer.Option(None, help="CVAT project id for the training webhook"),
@@ -225,6 +230,9 @@ def settings(
     batch: int = typer.Option(None), patience: int = typer.Option(None),
     promotion: str = typer.Option(None, help="auto | manual"),
     margin: float = typer.Option(None, help="auto: promote if mAP50-95 is better by this"),
+    first_version_floor: float = typer.Option(
+        None, help="auto, with nothing comparable serving (a first version): promote only if "
+        "holdout mAP50 reaches this (classify: top-1 accuracy this far above chance)"),
     train_every: int = typer.Option(None, help="train after N annotation changes (0: off)"),
     pretrained: str = typer.Option(None, help="weights to transfer into a first version "
                                    "trained from YAML (e.g. a detect model for a pose one)"),
@@ -235,7 +243,8 @@ def settings(
 
     params = save_params(connect(_settings(ctx)), project, epochs=epochs, imgsz=imgsz,
                          batch=batch, patience=patience, promotion=promotion, margin=margin,
-                         train_every=train_every, pretrained=pretrained)
+                         first_version_floor=first_version_floor, train_every=train_every,
+                         pretrained=pretrained)
     typer.echo(" ".join(f"{k}={v}" for k, v in vars(params).items()))
 
 

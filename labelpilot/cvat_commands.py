@@ -16,17 +16,20 @@ from labelpilot.settings import Settings, SettingsError
 WEBHOOK_EVENTS = ("update:job", "update:task")
 
 
-def serving_ports(settings: Settings) -> list[int]:
-    """Extra ports gunicorn binds for CVAT: the facade's port and the direct-mode range.
-    SettingsError when the range is malformed."""
-    ports = [settings.cvat_port] if settings.cvat_port else []
+def serving_ports(settings: Settings) -> list[str]:
+    """Extra binds (``host:port``) gunicorn makes for CVAT: the facade's port (unless it shares
+    PORT) and the direct-mode range, on LABELPILOT_CVAT_HOST. SettingsError when the range is
+    malformed."""
+    ports = [] if settings.cvat_port_shared else [settings.cvat_port]
     try:
         span = config.parse_port_range(settings.cvat_direct_ports)
     except config.ConfigError as exc:
         raise SettingsError(f"invalid configuration: {exc}") from None
     if span is not None:
         ports.extend(range(span[0], span[1] + 1))
-    return ports
+    host = settings.cvat_bind_host
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
+    return [f"{host}:{port}" for port in ports]
 
 
 def train_cvat_command(task: int | None, project: int | None, task_type: str | None,

@@ -7,6 +7,7 @@ Data persists in the data dir (AOF), so queued work survives a restart.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from labelpilot.processes import stop_processes
+from labelpilot.processes import exit_with_parent, stop_processes
 
 
 def redis_binary() -> str:
@@ -43,13 +44,16 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> str:
+        """Start (or, after it died, restart: same port, same AOF) and wait until it answers.
+        It gets SIGTERM (and saves) when the process that started it dies."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(
-            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "",
-             "--daemonize", "no", "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT)
+        with open(self.data_dir / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--dir", str(self.data_dir.resolve()), "--appendonly", "yes", "--save", "",
+                 "--daemonize", "no", "--protected-mode", "yes"],
+                stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=exit_with_parent(signal.SIGTERM))
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -36,17 +36,23 @@ def job_connection() -> redis.Redis:
 def train_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train a Label Studio project's model from its current annotations."""
     from labelpilot.adapters.label_studio.connections import Connections
-    from labelpilot.adapters.label_studio.training import train_project
+    from labelpilot.adapters.label_studio.training import train_project, training_ended
     from labelpilot.runtime import control_defaults, model_locator, model_store, source_policy
     from labelpilot.settings import load_settings
 
     settings = load_settings()
     connection = job_connection()
-    images = Connections(connection, source_policy(settings)).image_source(project_id)
-    return train_project(project_id, images, connection, model_store(settings, connection),
-                         trigger, locator=model_locator(settings),
-                         device=settings.device, max_pixels=settings.max_image_pixels,
-                         defaults=control_defaults(settings))
+    policy = source_policy(settings)
+    try:
+        connections = Connections(connection, policy)
+        connections.require_token(project_id)
+        images = connections.image_source(project_id)
+        return train_project(project_id, images, connection, model_store(settings, connection),
+                             trigger, locator=model_locator(settings),
+                             device=settings.device, max_pixels=settings.max_image_pixels,
+                             defaults=control_defaults(settings))
+    finally:
+        training_ended(connection, project_id, policy.token_seconds)
 
 
 def train_cvat(kind: str, ident: int, trigger: dict[str, Any] | None = None,

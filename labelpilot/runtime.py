@@ -21,8 +21,9 @@ from labelpilot.settings import Settings, secret
 
 
 def model_locator(settings: Settings) -> ModelLocator:
-    """MODEL_DIR and LABELPILOT_DOWNLOAD_WEIGHTS."""
-    return ModelLocator(settings.resolved_model_dir, download=settings.download_weights)
+    """MODEL_DIR, LABELPILOT_DOWNLOAD_WEIGHTS and ALLOW_CUSTOM_MODEL_PATH."""
+    return ModelLocator(settings.resolved_model_dir, download=settings.download_weights,
+                        allow_custom_paths=settings.allow_custom_model_path)
 
 
 def yolo_max_batch(settings: Settings) -> int:
@@ -71,7 +72,9 @@ def source_policy(settings: Settings) -> SourcePolicy:
                         token=secret(settings.label_studio_api_key),
                         allowed_hosts=frozenset(settings.allowed_hosts),
                         max_bytes=settings.max_image_bytes,
-                        local_files_root=settings.local_files_document_root)
+                        local_files_root=settings.local_files_document_root,
+                        download_seconds=settings.image_download_seconds,
+                        token_seconds=settings.ls_token_ttl)
 
 
 def cvat_access(settings: Settings) -> CvatAccess:

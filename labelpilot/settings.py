@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         None, ("LOCAL_FILES_DOCUMENT_ROOT", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"),
         "label_studio", "LS local-files root: `/data/local-files/?d=` images are read from "
         "disk.")
+    ls_token_ttl: int = _field(
+        3600, "LABELPILOT_LS_TOKEN_TTL", "label_studio",
+        "Seconds the token LS sends to `/setup` stays in Redis for the other processes (each "
+        "`/setup` renews it; a queued or running training keeps it until it ends). Never "
+        "stored when `LABEL_STUDIO_API_KEY` is set.", gt=0)
     basic_auth_user: str | None = _field(
         None, "BASIC_AUTH_USER", "label_studio",
         "HTTP basic auth on the Label Studio endpoints (same names as LS's backends).")
@@ -69,6 +74,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = _field(
         64_000_000, "LABELPILOT_MAX_IMAGE_PIXELS", "images",
         "Larger images are refused before decoding.", gt=0)
+    image_download_seconds: float = _field(
+        20.0, "LABELPILOT_IMAGE_DOWNLOAD_SECONDS", "images",
+        "Deadline of one whole image download, however slowly its bytes come (that task "
+        "fails, the others are served).", gt=0)
 
     # Models
     model_dir: Path = _field(
@@ -92,6 +101,10 @@ class Settings(BaseSettings):
     download_weights: bool = _field(
         True, "LABELPILOT_DOWNLOAD_WEIGHTS", "models",
         "`false` stops ultralytics from downloading release weights by name.")
+    allow_custom_model_path: bool = _field(
+        False, "ALLOW_CUSTOM_MODEL_PATH", "models",
+        "`true` lets label configs (`model_path`, `sam_model`) name any file on the backend "
+        "host; otherwise only files under `MODEL_DIR` and ultralytics release names.")
     device: str = _field("", "LABELPILOT_DEVICE", "models",
                          "`cpu`, `cuda:0`, ... Empty: CUDA when present, else CPU.")
     batch_mode: Literal["auto", "loop"] = _field(
@@ -133,9 +146,14 @@ class Settings(BaseSettings):
                                "Embeddings kept in Redis at most (oldest dropped first).", ge=0)
 
     # CVAT
-    cvat_port: int = _field(0, "LABELPILOT_CVAT_PORT", "cvat",
-                            "Also serve on this port (e.g. 8070) for CVAT's network.",
-                            ge=0, lt=65536)
+    cvat_port: int = _field(
+        8070, "LABELPILOT_CVAT_PORT", "cvat",
+        "Port of the CVAT facade (nuclio protocol, no auth: publish it only to CVAT's "
+        "network); only there, not on `PORT`. `0`: on `PORT`, behind the basic auth.",
+        ge=0, lt=65536)
+    cvat_host: str | None = _field(
+        None, "LABELPILOT_CVAT_HOST", "cvat",
+        "Address the CVAT port and direct-mode ports bind. Unset: `LABELPILOT_HOST`.")
     cvat_direct_ports: str = _field(
         "", "LABELPILOT_CVAT_DIRECT_PORTS", "cvat",
         "Port range for CVAT's direct invoke mode, e.g. `32001-32016`.")
@@ -144,8 +162,9 @@ class Settings(BaseSettings):
         "Detectors from model files, `name=model` pairs, e.g. `shapes=/models/shapes.pt`. "
         "Unset: one `yolo-<task>` per `LABELPILOT_MODEL_<TASK>` that is set.")
     cvat_store_keys: str = _field(
-        "*", "LABELPILOT_CVAT_STORE_KEYS", "cvat",
-        "Model-store keys offered to CVAT as detectors (comma list of shell patterns).")
+        "cvat-*", "LABELPILOT_CVAT_STORE_KEYS", "cvat",
+        "Model-store keys offered to CVAT as detectors (comma list of shell patterns; `*`: "
+        "Label Studio projects' versions too).")
     cvat_sam: str = _field("", "LABELPILOT_CVAT_SAM", "cvat",
                            "SAM for the `labelpilot-sam` interactor (default: "
                            "`LABELPILOT_SAM_MODEL`; neither: no interactor).")
@@ -195,7 +214,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("label_studio_url", "cvat_url", mode="before")
+    @field_validator("label_studio_url", "cvat_url", "cvat_host", mode="before")
     @classmethod
     def _no_empty(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -241,6 +260,16 @@ class Settings(BaseSettings):
                      else ",".join(value))
             out.append((_env_names(name)[0], shown))
         return out
+
+    @property
+    def cvat_port_shared(self) -> bool:
+        """The CVAT facade answers on `PORT` (LABELPILOT_CVAT_PORT 0, or equal to PORT)."""
+        return self.cvat_port in (0, self.port)
+
+    @property
+    def cvat_bind_host(self) -> str:
+        """LABELPILOT_CVAT_HOST, else LABELPILOT_HOST."""
+        return self.cvat_host or self.host
 
     @property
     def resolved_model_dir(self) -> Path:

@@ -122,8 +122,10 @@ class BackendServer:
         stop_processes([self.process])
 
 
-def start_backend(tmp: Path, env_extra: dict[str, str], workers: int = 2) -> BackendServer:
-    """`labelpilot serve`'s gunicorn, as a real server on a free port."""
+def start_backend(tmp: Path, env_extra: dict[str, str], workers: int = 2,
+                  auth: tuple[str, str] | None = None) -> BackendServer:
+    """`labelpilot serve`'s gunicorn, as a real server on a free port (`auth`: the basic auth
+    its /health needs, when `env_extra` turns it on)."""
     from labelpilot.serving import gunicorn_command
 
     port = free_port()
@@ -141,7 +143,7 @@ def start_backend(tmp: Path, env_extra: dict[str, str], workers: int = 2) -> Bac
         if process.poll() is not None:
             raise RuntimeError(f"backend exited:\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+            if requests.get(f"{url}/health", timeout=1, auth=auth).status_code == 200:
                 return BackendServer(url, process, log)
         except requests.RequestException:
             time.sleep(0.2)

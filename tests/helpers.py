@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import http.server
 import random
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,3 +87,19 @@ def ground_truth_result(image: GeneratedImage) -> list[dict]:
              "value": {"x": b.x1 / s * 100, "y": b.y1 / s * 100, "width": (b.x2 - b.x1) / s * 100,
                        "height": (b.y2 - b.y1) / s * 100, "rotation": 0,
                        "rectanglelabels": [b.class_name.capitalize()]}} for b in image.boxes]
+
+
+@functools.lru_cache(maxsize=2)
+def huge_png(width: int, height: int) -> bytes:
+    """A real, complete grayscale PNG of width x height zeros (small: it compresses well)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    packer = zlib.compressobj(1)
+    row = bytes(width + 1)  # filter byte + pixels
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))

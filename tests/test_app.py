@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import http.server
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import redis
 from labelpilot.app import create_app
 from labelpilot.label_config import load
 from labelpilot.settings import load_settings
-from tests.helpers import generate_images, serve_directory
+from tests.helpers import generate_images, serve_directory, serve_handler
 
 CONFIG = load("detection_shapes")
 
@@ -120,7 +122,8 @@ def test_wrong_model_task_for_control_is_explained(make_client, image_server, sh
     assert "needs a segment model" in response.json["error"]
 
 
-def test_missing_weights_are_a_clear_error(client, image_server, tmp_path):
+def test_missing_weights_are_a_clear_error(make_client, image_server, tmp_path):
+    client = make_client(ALLOW_CUSTOM_MODEL_PATH="true")  # an absolute model_path is allowed
     config = CONFIG.replace('model_score_threshold="0.25"',
                             f'model_path="{tmp_path}/nope.pt" model_score_threshold="0.25"')
     response = client.post("/predict", json=predict_body([f"{image_server}/img7_0.png"],
@@ -194,3 +197,66 @@ def test_versions_lists_the_project_model_version(client):
         "model_version"]
     assert client.get("/versions", json={"project": "6.1"}).json == {"versions": [version]}
     assert client.post("/versions", json={"project": "6.1"}).json == {"versions": [version]}
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    """An image server that sends a valid PNG's bytes a few at a time for up to 8 s: every
+    single read is quick, only the whole download is slow."""
+
+    def do_GET(self) -> None:
+        body = generate_image_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        started = time.monotonic()
+        try:
+            for i in range(0, len(body), 16):
+                if time.monotonic() - started > 8:
+                    break
+                self.wfile.write(body[i:i + 16])
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass  # the backend gave up: that is the point
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def generate_image_bytes() -> bytes:
+    import cv2
+    import numpy as np
+
+    ok, png = cv2.imencode(".png", np.random.default_rng(0).integers(
+        0, 255, (64, 64, 3), dtype=np.uint8))
+    assert ok
+    return png.tobytes()
+
+
+def test_a_slow_image_source_fails_its_task_by_the_download_deadline(make_client,
+                                                                     image_server):
+    client = make_client(LABELPILOT_IMAGE_DOWNLOAD_SECONDS="1.5")
+    with serve_handler(Trickle) as slow:
+        urls = [f"{image_server}/img7_0.png", f"{slow}/slow.png", f"{image_server}/img7_1.png"]
+        started = time.perf_counter()
+        response = client.post("/predict", json=predict_body(urls))
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    results = response.json["results"]
+    assert "result" in results[0] and "result" in results[2], "the other tasks are served"
+    assert "result" not in results[1]
+    errors = {e["task"]: e["error"] for e in response.json["errors"]}
+    assert "image download took longer than 1.5 s" in errors[1]
+    assert elapsed < 5.0, f"the slow download held the request {elapsed:.1f} s"
+
+
+def test_admin_sets_the_first_version_floor_of_a_project(make_client):
+    client = make_client(LABELPILOT_ADMIN_TOKEN="admin-secret")
+    auth = {"Authorization": "Bearer admin-secret"}
+    path = "/admin/projects/ls-floor-test/settings"
+    assert client.get(path, headers=auth).json["first_version_floor"] == 0.05
+    saved = client.put(path, headers=auth, json={"first_version_floor": 0.2})
+    assert saved.status_code == 200 and saved.json["first_version_floor"] == 0.2
+    bad = client.put(path, headers=auth, json={"first_version_floor": 3})
+    assert bad.status_code == 400 and "first_version_floor" in bad.json["error"]

@@ -26,10 +26,11 @@ def user_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_serve_starts_embedded_redis_worker_and_gunicorn_and_stops_cleanly(tmp_path):
-    port = free_port()
+    port, cvat_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "labelpilot", "serve", "--port", str(port), "--workers", "2",
-         "--host", "127.0.0.1"], env=user_env(tmp_path), cwd=REPO,
+         "--host", "127.0.0.1", "--cvat-port", str(cvat_port), "--cvat-host", "127.0.0.1"],
+        env=user_env(tmp_path), cwd=REPO,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -45,6 +46,11 @@ def test_serve_starts_embedded_redis_worker_and_gunicorn_and_stops_cleanly(tmp_p
         answer = requests.post(f"http://127.0.0.1:{port}/webhook", timeout=5,
                                json={"action": "START_TRAINING", "project": {"id": 1}})
         assert answer.status_code == 201, answer.text  # recorded in the embedded Redis
+        # the CVAT facade listens on its own port, and only there
+        facade = requests.get(f"http://127.0.0.1:{cvat_port}/api/functions", timeout=30)
+        assert facade.status_code == 200 and "labelpilot-tracker" in facade.json()
+        assert requests.get(f"http://127.0.0.1:{port}/api/functions",
+                            timeout=30).status_code == 404
         assert (tmp_path / "data" / "redis" / "redis.log").exists()
         # another shell's CLI finds the embedded Redis: the queued job is listed
         jobs = subprocess.run([sys.executable, "-m", "labelpilot", "jobs"], cwd=REPO,

@@ -18,7 +18,7 @@ from labelpilot.adapters.cvat import annotations, tracker
 from labelpilot.adapters.cvat.rle import decode_shape_rle, encode_detector_bitmap, encode_shape_rle
 from labelpilot.adapters.cvat.spec import COCO_KEYPOINTS, model_labels, nuclio_spec
 from labelpilot.synthetic import CLASSES
-from tests.helpers import generate_images, iou
+from tests.helpers import generate_images, huge_png, iou
 
 
 def random_masks(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -128,6 +128,83 @@ def test_tracker_reports_lost_objects_and_refuses_foreign_states():
         tracker.track(np.zeros((10, 10, 3), np.uint8), state)
     with pytest.raises(tracker.TrackingError, match="ellipse"):
         tracker.init_state(blank, tracker.TrackedShape("ellipse", [1, 2, 3, 4]))
+
+
+def frame_with_flat_square(x: int, y: int, textured: bool, size: int = 40) -> np.ndarray:
+    """A flat-coloured square (no texture inside) on a textured or a flat background."""
+    image = frame_with_square(0, 0, size=1) if textured else np.full((160, 200, 3), 90,
+                                                                     np.uint8)
+    image[y:y + size, x:x + size] = (40, 180, 220)
+    return image
+
+
+@pytest.mark.parametrize("textured", [True, False], ids=["textured-background", "flat"])
+def test_tracker_follows_a_flat_coloured_object_without_jumping(textured):
+    """Inside a flat object TM_CCOEFF_NORMED is 1.0 everywhere: the context around it must
+    place it, and it must not jump to the search window's corner."""
+    shape = tracker.TrackedShape("rectangle", [30, 40, 70, 80])
+    state = tracker.init_state(frame_with_flat_square(30, 40, textured), shape)
+    for x, y in ((41, 33), (50, 30), (50, 30), (44, 38)):
+        found, state = tracker.track(frame_with_flat_square(x, y, textured),
+                                     json.loads(json.dumps(state)))
+        assert found is not None
+        assert found.points == pytest.approx([x, y, x + 40, y + 40], abs=1.01)
+
+
+def test_tracker_keeps_a_shape_whose_template_has_no_contrast_where_it_is():
+    flat = np.full((160, 200, 3), 90, np.uint8)
+    shape = tracker.TrackedShape("rectangle", [30, 40, 70, 80])
+    found, _ = tracker.track(flat, tracker.init_state(flat, shape))
+    assert found is not None and found.points == pytest.approx(shape.points, abs=0.01)
+
+
+def frame_with_scaled_object(cx: float, cy: float, size: int) -> np.ndarray:
+    """Textured background, a smoothly textured object of `size` px centred at (cx, cy)."""
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.integers(60, 200, (240, 320, 3), dtype=np.uint8), (5, 5), 0)
+    base = np.random.default_rng(98).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    patch = cv2.resize(base, (size, size), interpolation=cv2.INTER_CUBIC)
+    x, y = round(cx - size / 2), round(cy - size / 2)
+    image[y:y + size, x:x + size] = patch
+    return image
+
+
+@pytest.mark.parametrize("growth", [1.12, 1 / 1.12], ids=["growing", "shrinking"])
+@pytest.mark.parametrize("kind", ["rectangle", "polygon", "mask"])
+def test_tracker_follows_a_growing_or_shrinking_object(growth, kind):
+    size, cx, cy = 60.0, 150.0, 120.0
+    x1, y1 = round(cx - size / 2), round(cy - size / 2)
+    box = [x1, y1, x1 + 60, y1 + 60]
+    bitmap = np.zeros((240, 320), bool)
+    bitmap[y1:y1 + 60, x1:x1 + 60] = True
+    shape = {"rectangle": tracker.TrackedShape("rectangle", [float(v) for v in box]),
+             "polygon": tracker.TrackedShape("polygon", [box[0], box[1], box[2], box[1],
+                                                         box[2], box[3], box[0], box[3]]),
+             "mask": tracker.TrackedShape("mask", encode_shape_rle(bitmap) or [])}[kind]
+    state = tracker.init_state(frame_with_scaled_object(cx, cy, 60), shape)
+    for step in range(1, 5):
+        size *= growth
+        cx += 4
+        found, state = tracker.track(frame_with_scaled_object(cx, cy, round(size)),
+                                     json.loads(json.dumps(state)))
+        assert found is not None and found.type == kind
+        bx1, by1, bx2, by2 = tracker.shape_box(found)
+        assert bx2 - bx1 == pytest.approx(size, rel=0.08), f"step {step}"
+        assert by2 - by1 == pytest.approx(size, rel=0.08), f"step {step}"
+        assert ((bx1 + bx2) / 2, (by1 + by2) / 2) == pytest.approx((cx, cy), abs=3)
+
+
+def test_tracker_refuses_a_forged_state_with_a_huge_template_before_decoding():
+    import base64
+    import time
+
+    frame = frame_with_square(30, 40)
+    state = tracker.init_state(frame, tracker.TrackedShape("rectangle", [30, 40, 70, 80]))
+    state["template"] = base64.b64encode(huge_png(20_000, 20_000)).decode()
+    started = time.perf_counter()
+    with pytest.raises(tracker.TrackingError, match="template is unusable.*pixels"):
+        tracker.track(frame, state)
+    assert time.perf_counter() - started < 0.5
 
 
 # ---------------------------------------------------------------- CVAT → samples
@@ -532,6 +609,29 @@ def test_export_snapshot_pulls_labelled_and_completed_frames(tmp_path):
                                               "cvat-t6-f0"]
     assert len(samples[0].instances) == len(images[0].boxes) and samples[1].instances == ()
     assert samples[0].image.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_frame_whose_image_fails_is_left_out_and_named(tmp_path):
+    """CVAT's source: a labelled frame that does not decode does not fail the job; it is
+    returned as skipped, with the reason, for the version's manifest."""
+    import io
+    from types import SimpleNamespace
+
+    from labelpilot.adapters.cvat.training import CvatSource
+
+    class BrokenFrame(FakeTask):
+        def get_frame(self, index: int, quality: str | None = None):  # type: ignore[no-untyped-def]
+            data = super().get_frame(index, quality).read()
+            return io.BytesIO(data[:80] if index == 1 else data)
+
+    images = generate_images(tmp_path / "img", 4, seed=9)
+    task = BrokenFrame(5, images, completed=(0, 3))
+    client = SimpleNamespace(tasks=SimpleNamespace(retrieve=lambda i: task))
+    pulled = CvatSource("task", 5, lambda: client).write_samples(tmp_path / "job", lambda _: None)
+    assert [s.sample_id for s in pulled.samples] == ["cvat-t5-f0", "cvat-t5-f3"]
+    (skipped,) = pulled.skipped
+    assert skipped.sample_id == "cvat-t5-f1" and "corrupt or truncated" in skipped.reason
+    assert skipped.provenance == {"task": "5", "frame": "1", "name": images[1].path.name}
 
 
 @pytest.mark.parametrize("name", ["detection_shapes", "pose_coco"])

@@ -28,7 +28,7 @@ from labelpilot.processes import stop_processes
 from labelpilot.synthetic import CLASSES
 from labelpilot.trainers.settings import save_params
 from tests.conftest import REPO
-from tests.helpers import generate_images, iou
+from tests.helpers import generate_images, huge_png, iou
 from tests.test_cvat import frame_with_square, write_pose_snapshot, write_snapshot
 
 pytestmark = pytest.mark.slow
@@ -39,9 +39,12 @@ NUCLIO_HEADERS = {"x-nuclio-project-name": "cvat", "x-nuclio-function-namespace"
 
 
 class Facade:
+    """`url`: the facade's own port (LABELPILOT_CVAT_PORT); `main`: the Label Studio port."""
+
     def __init__(self, url: str, direct: tuple[int, int], process: subprocess.Popen[bytes],
-                 log: Path, env: dict[str, str]):
+                 log: Path, env: dict[str, str], main: str):
         self.url, self.direct, self.process, self.log, self.env = url, direct, process, log, env
+        self.main = main
 
     def invoke(self, name: str, payload: object, **kwargs: object) -> requests.Response:
         """CVAT_NUCLIO_INVOKE_METHOD=dashboard: POST /api/function_invocations."""
@@ -61,7 +64,7 @@ def facade(tmp_path_factory, redis_url, shapes_model) -> Iterator[Facade]:
     from labelpilot.serving import gunicorn_command
 
     tmp = tmp_path_factory.mktemp("cvat")
-    port, low = free_port(), free_port()
+    port, cvat_port, low = free_port(), free_port(), free_port()
     direct = (low, low)  # one port is enough to check direct mode
     prom = tmp / "prometheus"
     prom.mkdir()
@@ -69,13 +72,14 @@ def facade(tmp_path_factory, redis_url, shapes_model) -> Iterator[Facade]:
            "MODEL_DIR": str(tmp / "models"), "PROMETHEUS_MULTIPROC_DIR": str(prom),
            "LABELPILOT_CVAT_FUNCTIONS": f"shapes={shapes_model}",
            "LABELPILOT_CVAT_SAM": "python:tests.stub_sam:StubSam",
-           "LABELPILOT_CVAT_DIRECT_PORTS": f"{low}-{low}",
+           "LABELPILOT_CVAT_DIRECT_PORTS": f"{low}-{low}", "LABELPILOT_CVAT_PORT": str(cvat_port),
            "LABELPILOT_CVAT_WEBHOOK_SECRET": SECRET,
            "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "secret"}  # CVAT sends no basic auth
     env.pop("LABELPILOT_MODEL_DETECT", None)
     log = tmp / "backend.log"
-    process = subprocess.Popen(gunicorn_command("127.0.0.1", port, 2, [low]), env=env, cwd=REPO,
-                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    process = subprocess.Popen(gunicorn_command("127.0.0.1", port, 2, [cvat_port, low]), env=env,
+                               cwd=REPO, stdout=open(log, "ab"),  # noqa: SIM115
+                               stderr=subprocess.STDOUT)
     redis.Redis.from_url(redis_url).delete("labelpilot:cvat:direct-ports")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -89,7 +93,7 @@ def facade(tmp_path_factory, redis_url, shapes_model) -> Iterator[Facade]:
         except requests.RequestException:
             pass
         time.sleep(0.3)
-    server = Facade(url, direct, process, log, env)
+    server = Facade(f"http://127.0.0.1:{cvat_port}", direct, process, log, env, url)
     yield server
     stop_processes([process])
     artifacts = REPO / "test-artifacts"
@@ -304,6 +308,31 @@ def test_tracker_start_with_empty_states_then_continue(facade):
     assert legacy.status_code == 200 and legacy.json()["shapes"][0]["type"] == "rectangle"
 
 
+def test_tracker_refuses_a_forged_state_with_a_huge_template_fast(facade):
+    """CVAT signs whatever the browser returns: a state's template is untrusted input and
+    obeys the pixel limit before it is decoded (a 400-megapixel PNG here)."""
+    import base64
+
+    import cv2
+
+    ok, png = cv2.imencode(".png", frame_with_square(30, 40))
+    assert ok
+    image = b64(png.tobytes())
+    shape = {"type": "rectangle", "points": [30, 40, 70, 80]}
+    start = facade.invoke("labelpilot-tracker", {"image": image, "shapes": [shape],
+                                                 "states": []})
+    assert start.status_code == 200, start.text
+    (state,) = start.json()["states"]
+    state["template"] = base64.b64encode(huge_png(20_000, 20_000)).decode()
+    body = {"image": image, "shapes": [None], "states": [state]}
+    started = time.perf_counter()
+    response = facade.invoke("labelpilot-tracker", body)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 400, response.text
+    assert "template is unusable" in response.json()["error"]
+    assert elapsed < 1.0, f"the forged template took {elapsed:.2f} s"
+
+
 @pytest.mark.parametrize("name, body, headers, status, fragment", [
     ("labelpilot-shapes", None, {"x-nuclio-function-name": ""}, 400, "x-nuclio-function-name"),
     ("nope", {"image": "aGk="}, None, 404, "no function 'nope'"),
@@ -383,7 +412,10 @@ def test_training_from_cvat_snapshots_publishes_new_detectors(facade, redis_url,
     os.environ["REDIS_URL"] = redis_url
     jobs = {}
     for task, snapshot in snapshots.items():
-        save_params(connection, f"cvat-task-{task}", epochs=2, imgsz=160, batch=8)
+        # two epochs from the YAML find next to nothing: floor 0 publishes them anyway (the
+        # publishing is under test here, not the model)
+        save_params(connection, f"cvat-task-{task}", epochs=2, imgsz=160, batch=8,
+                    first_version_floor=0.0)
         jobs[task] = request_cvat_training(connection, CVAT_JOB, "task", task,
                                            {"event": "test"}, snapshot=str(snapshot)).job_id
     log = tmp_path / "worker.log"
@@ -426,3 +458,75 @@ def test_training_from_cvat_snapshots_publishes_new_detectors(facade, redis_url,
         assert [e["label"] for e in item["elements"]] == ["top", "right", "left"]
         assert all(e["type"] == "points" and len(e["points"]) == 2 and e["outside"] in (0, 1)
                    for e in item["elements"])
+
+
+def test_facade_answers_only_on_its_own_ports(facade):
+    """With LABELPILOT_CVAT_PORT set, the main port (Label Studio's, behind basic auth) has no
+    facade even with the right credentials, and the facade's ports (its own, direct mode) have
+    no Label Studio or admin endpoints."""
+    auth = ("ls", "secret")
+    for method, path in (("GET", "/api/functions"), ("GET", "/api/functions/labelpilot-shapes"),
+                         ("POST", "/api/function_invocations"), ("POST", "/"),
+                         ("POST", "/cvat/webhook")):
+        for creds in (None, auth):
+            refused = requests.request(method, f"{facade.main}{path}", auth=creds, timeout=30,
+                                       json={"image": "aGk="}, headers={
+                                           **NUCLIO_HEADERS,
+                                           "x-nuclio-function-name": "labelpilot-shapes"})
+            assert refused.status_code == 404, (path, refused.text)
+            assert "LABELPILOT_CVAT_PORT" in refused.json()["error"]
+    assert requests.get(f"{facade.main}/health", auth=auth, timeout=30).status_code == 200
+    for base in (facade.url, f"http://127.0.0.1:{facade.direct[0]}"):
+        for method, path in (("GET", "/health"), ("GET", "/"), ("POST", "/setup"),
+                             ("POST", "/predict"), ("POST", "/webhook"), ("GET", "/jobs"),
+                             ("GET", "/metrics"), ("GET", "/admin/models")):
+            refused = requests.request(method, f"{base}{path}", auth=auth, json={}, timeout=30)
+            assert refused.status_code == 404, (base, path, refused.text)
+            assert "only the CVAT facade" in refused.json()["error"]
+
+
+def test_only_versions_trained_from_cvat_are_offered_by_default(facade, redis_url,
+                                                                shapes_model):
+    """LABELPILOT_CVAT_STORE_KEYS defaults to cvat-*: a Label Studio project's model is not
+    CVAT's to list or invoke."""
+    from labelpilot.backends.model_store import ModelStore
+
+    store = ModelStore(Path(facade.env["MODEL_DIR"]) / "store", redis.Redis.from_url(redis_url))
+    n = 700000 + uuid.uuid4().int % 1000
+    for key in (f"ls-{n}-label", f"cvat-task-{n}"):
+        version = store.write_version(key, shapes_model, {"task": "detect",
+                                                          "class_names": list(CLASSES)})
+        store.promote(key, version.version)
+    listed = facade.functions()
+    assert f"labelpilot-cvat-task-{n}" in listed
+    assert not [name for name in listed if name.startswith("labelpilot-ls-")]
+    hidden = facade.invoke(f"labelpilot-ls-{n}-label", {"image": "aGk="})
+    assert hidden.status_code == 404 and "no function" in hidden.json()["error"]
+
+
+def test_a_facade_sharing_the_main_port_needs_the_basic_auth(tmp_path, redis_url, shapes_model):
+    """LABELPILOT_CVAT_PORT=0 puts the facade on the main port: behind the same basic auth as
+    the Label Studio endpoints."""
+    from tests.conftest import start_backend
+
+    auth = ("ls", "secret")
+    server = start_backend(tmp_path, {
+        "REDIS_URL": redis_url, "LABELPILOT_CVAT_PORT": "0", "LABELPILOT_PRELOAD": "",
+        "LABELPILOT_CVAT_FUNCTIONS": f"shapes={shapes_model}", "LABELPILOT_CVAT_TRACKER": "1",
+        "BASIC_AUTH_USER": auth[0], "BASIC_AUTH_PASS": auth[1]}, workers=1, auth=auth)
+    try:
+        for method, path in (("GET", "/api/functions"), ("POST", "/api/function_invocations"),
+                             ("GET", "/api/functions/labelpilot-shapes"),
+                             ("POST", "/cvat/webhook")):
+            denied = requests.request(method, f"{server.url}{path}", json={}, timeout=30,
+                                      headers={"x-nuclio-function-name": "labelpilot-tracker"})
+            assert denied.status_code == 401, (path, denied.text)
+            assert "basic auth" in denied.json()["error"]
+        listed = requests.get(f"{server.url}/api/functions", auth=auth, timeout=60)
+        assert listed.status_code == 200 and "labelpilot-shapes" in listed.json()
+        tracked = requests.post(f"{server.url}/api/function_invocations", auth=auth, timeout=60,
+                                headers={"x-nuclio-function-name": "labelpilot-tracker"},
+                                json={"image": "aGk=", "shapes": [], "states": []})
+        assert tracked.status_code == 400 and "nothing to track" in tracked.json()["error"]
+    finally:
+        server.stop()

@@ -80,3 +80,19 @@ def test_configs_with_nothing_to_serve_say_why(config, fragment):
 def test_every_shipped_config_parses():
     for path in DIR.glob("*.xml"):
         assert parse_label_config(path.read_text()).controls, path.name
+
+
+@pytest.mark.parametrize("attribute, fragment", [
+    ('model_score_threshold="abc"', 'model_score_threshold="abc"'),
+    ('model_point_threshold="1e999x"', 'model_point_threshold="1e999x"'),
+])
+def test_numeric_attributes_that_are_not_numbers_are_config_errors(attribute, fragment):
+    """A ConfigError is the 422 of /setup and /predict (a ValueError was a 500)."""
+    with pytest.raises(ConfigError, match=fragment):
+        parse_label_config('<View><Image name="img" value="$photo"/><RectangleLabels name="r" '
+                           f'toName="img" {attribute}><Label value="Ship"/></RectangleLabels>'
+                           '</View>')
+    with pytest.raises(ConfigError, match="model_index=\"x\" .* not a whole number"):
+        parse_label_config('<View><Image name="img" value="$photo"/><KeyPointLabels name="k" '
+                           'toName="img"><Label value="Nose" model_index="x"/></KeyPointLabels>'
+                           '</View>')

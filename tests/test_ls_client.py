@@ -21,7 +21,7 @@ def jwt(claims: dict) -> str:
     return f"eyJhbGciOiJIUzI1NiJ9.{body}.sig"
 
 
-ACCESS = jwt({"token_type": "access", "exp": time.time() + 300})
+ACCESS = jwt({"token_type": "access", "exp": time.time() + 86400})  # long: a suite runs for minutes
 REFRESH = jwt({"token_type": "refresh", "exp": time.time() + 86400})
 
 

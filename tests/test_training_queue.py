@@ -81,6 +81,34 @@ def test_promotion_gate(params, candidate, current, promote):
     assert gate(params, candidate, current)["promote"] is promote
 
 
+@pytest.mark.parametrize("params, candidate, classes, promote", [
+    (TrainParams(), {"map50_95": 0.0, "map50": 0.0}, 3, False),  # finds nothing: never serves
+    (TrainParams(), {"map50_95": 0.01, "map50": 0.049}, 3, False),
+    (TrainParams(), {"map50_95": 0.02, "map50": 0.05}, 3, True),
+    (TrainParams(first_version_floor=0.3), {"map50_95": 0.1, "map50": 0.25}, 3, False),
+    (TrainParams(first_version_floor=0.0), {"map50_95": 0.0, "map50": 0.0}, 3, True),
+    # classify: top-1 accuracy above chance (1/3 here, 1/2 with two classes)
+    (TrainParams(), {"accuracy_top1": 0.36, "accuracy_top5": 1.0}, 3, False),
+    (TrainParams(), {"accuracy_top1": 0.40, "accuracy_top5": 1.0}, 3, True),
+    (TrainParams(), {"accuracy_top1": 0.52, "accuracy_top5": 1.0}, 2, False),
+])
+def test_a_first_version_is_promoted_only_above_the_floor(params, candidate, classes, promote):
+    decision = gate(params, candidate, None, class_count=classes)
+    assert decision["promote"] is promote
+    if not promote:
+        assert "below the floor" in decision["reason"]
+        assert "waiting for an admin" in decision["reason"]
+
+
+def test_the_first_version_floor_is_a_project_setting(conn):
+    project = f"ls-test-{uuid.uuid4().hex[:6]}"
+    assert load_params(conn, project).first_version_floor == 0.05
+    assert save_params(conn, project, first_version_floor=0.2).first_version_floor == 0.2
+    assert load_params(conn, project).first_version_floor == 0.2
+    with pytest.raises(ValueError, match="first_version_floor"):
+        save_params(conn, project, first_version_floor=1.5)
+
+
 def test_a_job_whose_heartbeat_stopped_is_failed_and_its_follow_up_released(conn):
     key = f"test-{uuid.uuid4().hex[:8]}"
     (first,) = request(conn, key)

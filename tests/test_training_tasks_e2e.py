@@ -123,7 +123,12 @@ def test_control_trains_from_label_studio_and_serves_its_result_type(
     # no yolo11n-seg/-pose/-obb.pt offline: as users start from COCO weights, the first
     # version transfers the matching layers of a detect model trained on the same shapes
     pretrained = "" if task == "classify" else str(shapes_model)
-    save_params(get_redis(), f"ls-{pid}", epochs=6, imgsz=160, batch=8, pretrained=pretrained)
+    # a 6-epoch classifier from scratch is not meant to beat chance on a 4-image holdout: the
+    # first-version floor has its own tests (test_training_pipeline); here the point is the
+    # result type Label Studio stores
+    floor = 0.0 if task == "classify" else 0.05
+    save_params(get_redis(), f"ls-{pid}", epochs=6, imgsz=160, batch=8, pretrained=pretrained,
+                first_version_floor=floor)
 
     result = train_label_studio(pid, trigger={"event": "test"})
 

@@ -26,7 +26,7 @@ from labelpilot.trainers.pipeline import (
     run_training,
     scratch_model,
 )
-from labelpilot.trainers.samples import Sample
+from labelpilot.trainers.samples import Sample, Skipped
 from labelpilot.trainers.settings import load_params
 from labelpilot.trainers.source import LabelSource, TrainSpec
 
@@ -90,17 +90,17 @@ def run_training_job(source: LabelSource, connection: redis.Redis, store: ModelS
     job = get_current_job()
     with running_job(connection, source.key) as progress, tempfile.TemporaryDirectory(
             prefix=f"{source.key}-") as tmp:
-        samples = source.write_samples(Path(tmp), progress)
-        spec = source.describe(samples)
-        request = train_request(spec, samples, store, load_params(connection, source.key),
+        pulled = source.write_samples(Path(tmp), progress)
+        spec = source.describe(pulled.samples)
+        request = train_request(spec, pulled.samples, store, load_params(connection, source.key),
                                 {**(trigger or {}), "job": job.id if job else None}, locator,
-                                device)
+                                device, skipped=pulled.skipped)
         return run_training(request, store, progress)
 
 
 def train_request(spec: TrainSpec, samples: Sequence[Sample], store: ModelStore,
                   params: TrainParams, trigger: Mapping[str, Any], locator: ModelLocator,
-                  device: str = "") -> TrainRequest:
+                  device: str = "", skipped: Sequence[Skipped] = ()) -> TrainRequest:
     """Start from the promoted version, else from the spec's default weights, else from the
     task's YAML. The default weights serve until a version is promoted, so they are also what
     a candidate has to beat."""
@@ -110,7 +110,7 @@ def train_request(spec: TrainSpec, samples: Sequence[Sample], store: ModelStore,
                         samples=samples, keypoint_count=spec.keypoint_count,
                         base_model=str(current.weights) if current else start,
                         serving_weights=serving, params=params, device=device,
-                        trigger={**trigger, **spec.notes})
+                        trigger={**trigger, **spec.notes}, skipped=tuple(skipped))
 
 
 def default_weights(spec: TrainSpec, locator: ModelLocator) -> tuple[str, str | None]:

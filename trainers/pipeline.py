@@ -12,9 +12,9 @@ from typing import Any
 
 from labelpilot.backends.model_store import ModelStore, ModelVersion
 from labelpilot.backends.tasks import task_spec
-from labelpilot.trainers.dataset import build_dataset
-from labelpilot.trainers.samples import Sample
-from labelpilot.trainers.yolo_train import evaluate_yolo, primary_metric, train_yolo
+from labelpilot.trainers.dataset import DatasetError, build_dataset
+from labelpilot.trainers.samples import Sample, Skipped
+from labelpilot.trainers.yolo_train import evaluate_yolo, floor_metric, primary_metric, train_yolo
 
 log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
@@ -30,6 +30,9 @@ class TrainParams:
     patience: int = 50
     promotion: str = "auto"  # "auto": promote if better by `margin`; "manual": an admin vets
     margin: float = 0.0
+    # a version promoted with nothing comparable serving (the first one) must reach this
+    # holdout mAP50 (classify: top-1 accuracy this far above chance); else an admin decides
+    first_version_floor: float = 0.05
     train_every: int = 0  # start training after this many annotation changes (0: only on demand)
     # weights whose matching layers seed a first version trained from a YAML (no served
     # weights of the task yet), e.g. the project's detect model for its first pose model
@@ -53,6 +56,7 @@ class TrainRequest:
     trigger: dict[str, Any] = field(default_factory=dict)
     keypoint_count: int = 0  # pose: keypoints per object (K of kpt_shape)
     device: str = ""  # LABELPILOT_DEVICE; empty: CUDA when present, else CPU
+    skipped: Sequence[Skipped] = ()  # labelled items the source left out, and why
 
 
 def scratch_model(task: str) -> str:
@@ -68,25 +72,43 @@ def run_training(request: TrainRequest, store: ModelStore,
     baseline = str(current.weights) if current else request.serving_weights
     with tempfile.TemporaryDirectory(prefix=f"train-{request.key}-") as tmp:
         work = Path(tmp)
-        progress({"phase": "dataset", "samples": len(request.samples)})
-        dataset = build_dataset(request.samples, request.task, request.class_names,
-                                work / "data", keypoint_count=request.keypoint_count)
+        skipped = left_out(request, progress)
+        try:
+            dataset = build_dataset(request.samples, request.task, request.class_names,
+                                    work / "data", keypoint_count=request.keypoint_count)
+        except DatasetError as exc:
+            if not skipped:
+                raise
+            raise DatasetError(f"{exc} ({len(skipped)} more left out: "
+                               f"{skipped[0]['sample']}: {skipped[0]['reason']}"
+                               f"{', ...' if len(skipped) > 1 else ''})") from exc
+        counts = {**dataset.counts, "skipped": len(skipped)}
         timings["dataset_s"] = time.time() - started
         epochs = request.params.epochs
 
+        trained: list[int] = []  # epochs ultralytics really trained (0-based)
+
         def on_epoch(trainer: Any) -> None:
             metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
-            progress({"phase": "training", "epoch": int(trainer.epoch) + 1, "epochs": epochs,
+            if not trained or int(trainer.epoch) != trained[-1]:
+                # ultralytics' final validation of best.pt (`final_eval`) runs this callback
+                # once more with its epoch counter raised by one ("epoch 6/5"; after an early
+                # stop, a plausible but untrained epoch): the best weights' metrics instead
+                progress({"phase": "validating", "epochs": epochs, "metrics": metrics})
+                return
+            progress({"phase": "training", "epoch": trained[-1] + 1, "epochs": epochs,
                       "metrics": metrics})
 
-        progress({"phase": "training", "epoch": 0, "epochs": epochs, "counts": dataset.counts})
+        progress({"phase": "training", "epoch": 0, "epochs": epochs, "counts": counts})
         t0 = time.time()
         transfer: dict[str, Any] = ({"pretrained": request.params.pretrained}
                     if request.params.pretrained and request.base_model.endswith(".yaml") else {})
         weights = train_yolo(request.base_model, dataset.train_data, work / "train",
                              epochs=epochs, imgsz=request.params.imgsz,
                              batch=request.params.batch, patience=request.params.patience,
-                             device=request.device, callbacks={"on_fit_epoch_end": on_epoch},
+                             device=request.device,
+                             callbacks={"on_train_epoch_end": lambda t: trained.append(
+                                 int(t.epoch)), "on_fit_epoch_end": on_epoch},
                              **transfer)
         timings["train_s"] = time.time() - t0
         progress({"phase": "evaluating"})
@@ -100,7 +122,8 @@ def run_training(request: TrainRequest, store: ModelStore,
         candidate_metrics = evaluate(str(weights))
         current_metrics = evaluate(baseline) if baseline else None
         timings["evaluate_s"] = time.time() - t0
-        decision = gate(request.params, candidate_metrics, current_metrics)
+        decision = gate(request.params, candidate_metrics, current_metrics,
+                        class_count=len(dataset.class_names))
         info = {
             "task": request.task, "class_names": list(dataset.class_names),
             "keypoint_count": request.keypoint_count,
@@ -109,7 +132,7 @@ def run_training(request: TrainRequest, store: ModelStore,
             "compared_with": baseline,
             "metrics": {"candidate": candidate_metrics, "current": current_metrics,
                         "holdout_images": dataset.counts["holdout"]},
-            "dataset": {"counts": dataset.counts, "manifest": dataset.manifest},
+            "dataset": {"counts": counts, "manifest": [*dataset.manifest, *skipped]},
             "params": asdict(request.params), "trigger": request.trigger,
             "decision": decision, "timings": {**timings, "total_s": time.time() - started},
         }
@@ -120,22 +143,56 @@ def run_training(request: TrainRequest, store: ModelStore,
     log.info("%s %s: candidate %s vs current %s → %s", request.key, version.version,
              candidate_metrics, current_metrics, decision["reason"])
     result = {**info, "version": version.version, "model_version": version.model_version}
-    result["dataset"] = {"counts": dataset.counts}
+    result["dataset"] = {"counts": counts}
     progress({"phase": "done", "version": version.version, "promoted": decision["promote"]})
     return result
 
 
+def left_out(request: TrainRequest, progress: Progress) -> list[dict[str, Any]]:
+    """The items the source left out, as manifest entries (split "skipped", with the reason),
+    counted and named in the job's progress and log."""
+    entries = [{"sample": s.sample_id, "split": "skipped", "reason": s.reason, **s.provenance}
+               for s in request.skipped]
+    if entries:
+        log.warning("%s: %d labelled item(s) left out of training: %s", request.key,
+                    len(entries), "; ".join(f"{e['sample']}: {e['reason']}" for e in entries))
+    progress({"phase": "dataset", "samples": len(request.samples),
+              **({"skipped": [e["sample"] for e in entries]} if entries else {})})
+    return entries
+
+
 def gate(params: TrainParams, candidate: dict[str, float] | None,
-         current: dict[str, float] | None) -> dict[str, Any]:
-    """Promotion decision on the holdout's primary metric (mAP50-95, or top-1 accuracy)."""
+         current: dict[str, float] | None, class_count: int = 0) -> dict[str, Any]:
+    """Promotion decision on the holdout's primary metric (mAP50-95, or top-1 accuracy).
+    With nothing comparable serving (a first version), the candidate must clear a floor
+    instead (`first_version_floor`): a model that finds nothing never starts serving.
+    `class_count`: the model's classes (chance level of top-1 accuracy is 1 / class_count)."""
     if params.promotion == "manual":
         return {"promote": False, "reason": "manual promotion: waiting for an admin"}
     if candidate is None:
         return {"promote": False, "reason": "candidate could not be evaluated"}
     if current is None:
-        return {"promote": True, "reason": "no comparable current model"}
+        return first_version_gate(params, candidate, class_count)
     name, value = primary_metric(candidate)
     served = current[name]
     better = value > served + params.margin
     return {"promote": better, "reason": (
         f"candidate {name} {value:.3f} vs current {served:.3f} (margin {params.margin})")}
+
+
+def first_version_gate(params: TrainParams, candidate: dict[str, float],
+                       class_count: int = 0) -> dict[str, Any]:
+    """Promote a version with nothing comparable serving only if its holdout mAP50 (top-1
+    accuracy: above chance) reaches `params.first_version_floor`."""
+    name, value = floor_metric(candidate)
+    chance = 1 / class_count if name.startswith("accuracy") and class_count > 0 else 0.0
+    floor = chance + params.first_version_floor
+    described = f"holdout {name} {value:.3f}"
+    needed = f"floor {floor:.3f}" + (f" (chance {chance:.3f} + " if chance else " (") + \
+        f"first_version_floor {params.first_version_floor})"
+    if value < floor:
+        return {"promote": False, "reason": (
+            f"no comparable current model, and the {described} is below the {needed}: "
+            "not served; waiting for an admin to promote it (or label more and train again)")}
+    return {"promote": True, "reason": f"no comparable current model; {described} reaches "
+                                       f"the {needed}"}

@@ -56,11 +56,19 @@ def _lock(connection: redis.Redis, key: str) -> Any:
 
 
 def _join_waiting(connection: redis.Redis, key: str) -> Enqueued | None:
+    pending = waiting_job(connection, key)
+    if pending is None:
+        return None
+    connection.hincrby(_COALESCED, pending, 1)
+    return Enqueued(pending, "coalesced")
+
+
+def waiting_job(connection: redis.Redis, key: str) -> str | None:
+    """The id of the job of `key` that waits to run (queued or deferred), if any."""
     pending = _job(connection, connection.get(_PENDING.format(key)))
     if pending is None or pending.get_status(refresh=True) not in _WAITING:
         return None
-    connection.hincrby(_COALESCED, pending.id, 1)
-    return Enqueued(pending.id, "coalesced")
+    return pending.id
 
 
 def coalesced_count(connection: redis.Redis, job_id: str) -> int:

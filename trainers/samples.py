@@ -1,4 +1,6 @@
-"""Training input in our own terms: an image file plus what a person labelled on it."""
+"""Training input in our own terms: an image file plus what a person labelled on it, and the
+labelled items a source had to leave out (named in the version's manifest, never dropped
+silently)."""
 
 from __future__ import annotations
 
@@ -17,3 +19,20 @@ class Sample:
     instances: tuple[Instance, ...] = ()
     classes: tuple[str, ...] = ()  # image-level labels (classification)
     provenance: dict[str, str] = field(default_factory=dict, hash=False)  # ids for the manifest
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A labelled item left out of training, and why (e.g. its image failed to download)."""
+
+    sample_id: str  # as its `Sample` would have been named, e.g. "task-12"
+    reason: str
+    provenance: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """What a `LabelSource` pulled: the samples that train and the items it left out."""
+
+    samples: list[Sample]
+    skipped: list[Skipped] = field(default_factory=list)

@@ -24,5 +24,7 @@ def save_params(connection: redis.Redis, project: str, **changes: Any) -> TrainP
     params = TrainParams.from_mapping(merged)
     if params.promotion not in ("auto", "manual"):
         raise ValueError("promotion must be 'auto' or 'manual'")
+    if not 0 <= params.first_version_floor <= 1:
+        raise ValueError("first_version_floor must be between 0 and 1")
     connection.hset(_KEY.format(project), mapping={k: str(v) for k, v in asdict(params).items()})
     return params

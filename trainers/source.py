@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from labelpilot.trainers.pipeline import Progress
-from labelpilot.trainers.samples import Sample
+from labelpilot.trainers.samples import Sample, SampleSet
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,10 @@ class LabelSource(Protocol):
         """Queue and settings key: one training at a time per key (e.g. "ls-3")."""
         ...
 
-    def write_samples(self, directory: Path, progress: Progress) -> list[Sample]:
+    def write_samples(self, directory: Path, progress: Progress) -> SampleSet:
         """Pull the current labels; images go under `directory`, which lives as long as the job.
-        Called once per job, before `describe`."""
+        Labelled items that cannot train (their image failed) are returned as `skipped`, with
+        the reason. Called once per job, before `describe`."""
         ...
 
     def describe(self, samples: Sequence[Sample]) -> TrainSpec:

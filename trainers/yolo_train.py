@@ -74,6 +74,7 @@ def evaluate_yolo(weights: str, data: Path, *, imgsz: int, task: str,
 
 
 _PRIMARY = tuple(dict.fromkeys(spec.primary_metric for spec in TASKS.values()))
+_FLOOR = tuple(dict.fromkeys(spec.floor_metric for spec in TASKS.values()))
 
 
 def primary_metric(metrics: dict[str, float]) -> tuple[str, float]:
@@ -83,3 +84,12 @@ def primary_metric(metrics: dict[str, float]) -> tuple[str, float]:
         if name in metrics:
             return name, metrics[name]
     raise KeyError(f"no {' or '.join(_PRIMARY)} in {sorted(metrics)}")
+
+
+def floor_metric(metrics: dict[str, float]) -> tuple[str, float]:
+    """The metric a first version must clear a floor on (`TaskSpec.floor_metric`): mAP50 of
+    the task's output or top-1 accuracy; else the primary metric (stricter than mAP50)."""
+    for name in _FLOOR:
+        if name in metrics:
+            return name, metrics[name]
+    return primary_metric(metrics)

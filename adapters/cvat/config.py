@@ -4,7 +4,8 @@
   pairs separated by commas, e.g. ``shapes=/models/shapes.pt,coco=yolo11n.pt``. Unset: one
   detector per ``LABELPILOT_MODEL_<TASK>`` that is set (named ``yolo-<task>``).
 - ``store_keys`` (``LABELPILOT_CVAT_STORE_KEYS``): which model-store keys become detectors
-  (comma-separated shell patterns; default ``*``: every key with a promoted version; empty: none).
+  (comma-separated shell patterns; default ``cvat-*``: the versions trained from CVAT, each with
+  a promoted version; ``*`` adds Label Studio projects' ``ls-*`` versions; empty: none).
 - ``sam`` (``LABELPILOT_CVAT_SAM``, default LABELPILOT_SAM_MODEL): the SAM model for the
   interactor (a ref as in `labelpilot.backends.sam`); neither set: no interactor.
 - ``tracker`` (``LABELPILOT_CVAT_TRACKER=false`` hides the tracker).
@@ -19,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 PREFIX = "labelpilot-"
+DEFAULT_STORE_KEYS = "cvat-*"  # versions trained from CVAT only
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
 
@@ -42,14 +44,15 @@ class CvatConfig:
     """The facade's configuration; `parse` checks it once, at start-up."""
 
     functions: tuple[ConfiguredModel, ...] = ()
-    store_keys: tuple[str, ...] = ("*",)
+    store_keys: tuple[str, ...] = (DEFAULT_STORE_KEYS,)
     sam: str | None = None
     tracker: bool = True
     direct_ports: tuple[int, int] | None = None
     webhook_secret: str | None = None
 
     @classmethod
-    def parse(cls, *, functions: str | None, task_models: dict[str, str], store_keys: str = "*",
+    def parse(cls, *, functions: str | None, task_models: dict[str, str],
+              store_keys: str = DEFAULT_STORE_KEYS,
               sam: str | None = None, tracker: bool = True, direct_ports: str = "",
               webhook_secret: str | None = None) -> CvatConfig:
         """From the settings' text values; ConfigError says which value is wrong and why.

@@ -7,9 +7,11 @@
 - ``POST /`` on a function's own port (``direct`` mode; see `labelpilot.adapters.cvat.ports`);
 - ``POST /cvat/webhook``: CVAT webhooks (see `labelpilot.adapters.cvat.webhook`).
 
-Nuclio's dashboard has no authentication and CVAT sends none, so this blueprint has none of
-the backend's basic auth: expose it only to CVAT's network (``labelpilot serve
---cvat-port``); the webhook is authenticated by its HMAC signature instead.
+Nuclio's dashboard has no authentication and CVAT sends none, so on its own port
+(LABELPILOT_CVAT_PORT, default 8070; `labelpilot.adapters.http_ports` keeps it off the main
+port) this blueprint has none of the backend's basic auth: expose that port only to CVAT's
+network. When it shares the main port (LABELPILOT_CVAT_PORT=0) it needs the same basic auth as
+the Label Studio endpoints (`auth`). The webhook is authenticated by its HMAC signature too.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from labelpilot.adapters.cvat.payloads import (
     TrackerRequest,
 )
 from labelpilot.adapters.cvat.webhook import TrainingRequest, handle_webhook
+from labelpilot.adapters.http_auth import BasicAuth
 from labelpilot.adapters.http_errors import ApiError, json_body
+from labelpilot.adapters.worker_notice import worker_notice
 from labelpilot.backends.errors import BackendError, ModelLoadError, ModelNotFoundError
 from labelpilot.backends.hot_swap import CurrentModels
 from labelpilot.backends.images import DEFAULT_MAX_PIXELS
@@ -45,6 +49,7 @@ from labelpilot.backends.model_cache import ModelCache
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.sam import PromptError, SamModels
 from labelpilot.backends.yolo import YoloModel
+from labelpilot.trainers.queue_status import QueueMonitor
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +57,21 @@ log = logging.getLogger(__name__)
 def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels,
                    connection: redis.Redis, settings: config.CvatConfig,
                    request_training: TrainingRequest, *, locator: ModelLocator,
-                   sam: SamModels, max_pixels: int = DEFAULT_MAX_PIXELS) -> Blueprint:
+                   sam: SamModels, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   monitor: QueueMonitor | None = None,
+                   auth: BasicAuth | None = None) -> Blueprint:
     """The nuclio endpoints and CVAT's webhook. `connection`: the Redis that hands out
     direct-mode ports; `request_training` queues a training when CVAT says labels are done;
     `locator` resolves configured model files, `sam` serves the interactor; frames over
-    `max_pixels` are refused."""
+    `max_pixels` are refused; `monitor`: the training queue's state for the webhook replies;
+    `auth`: the basic auth every call needs (when the facade shares the main port)."""
     bp = Blueprint("cvat", __name__)
     catalog = Catalog(models, current, settings, locator)
+
+    if auth is not None:
+        @bp.before_request
+        def _authenticate() -> None:
+            auth.check(request)
 
     def listing() -> list[CvatFunction]:
         try:
@@ -160,7 +173,7 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels,
                 states.append(tracker.init_state(image, shape))
                 shapes.append({"type": shape.type, "points": shape.points})
                 continue
-            found, new_state = tracker.track(image, state, shape)
+            found, new_state = tracker.track(image, state, shape, max_pixels=max_pixels)
             states.append(new_state)
             shapes.append({"type": found.type, "points": found.points} if found else None)
         return {"shapes": shapes, "states": states}
@@ -168,6 +181,7 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels,
     @bp.post("/cvat/webhook")
     def webhook() -> Any:
         secret = settings.webhook_secret
-        return handle_webhook(secret, request_training)
+        return handle_webhook(secret, request_training,
+                              lambda what: worker_notice(monitor, what))
 
     return bp

@@ -36,13 +36,13 @@ from labelpilot.adapters.cvat.annotations import (
     label_infos,
     text_value,
 )
-from labelpilot.backends.images import decode_image
+from labelpilot.backends.images import ImageError, decode_image
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.trainers import queue
 from labelpilot.trainers.job import run_training_job
 from labelpilot.trainers.pipeline import Progress
-from labelpilot.trainers.samples import Sample
+from labelpilot.trainers.samples import Sample, SampleSet, Skipped
 from labelpilot.trainers.source import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,13 @@ def _export_task(task: Any, directory: Path) -> None:
         if index >= size:
             continue
         info = infos[index] if index < len(infos) else infos[0]  # video: one entry for all
-        image = decode_image(task.get_frame(index, quality="original").read())
+        try:
+            image = decode_image(task.get_frame(index, quality="original").read())
+        except ImageError as exc:  # left out, and named in the version's manifest
+            log.warning("task %s frame %s left out of training: %s", task.id, index, exc)
+            entries.append({"index": index, "name": str(getattr(info, "name", index)),
+                            "skipped": str(exc)})
+            continue
         path = frames_dir / f"{index}.png"
         cv2.imwrite(str(path), image)
         entries.append({"index": index, "name": str(getattr(info, "name", index)),
@@ -123,6 +129,8 @@ def snapshot_samples(snapshot: Path) -> tuple[list[Sample], dict[int, Any]]:
     for task_dir in sorted((snapshot / "tasks").iterdir(), key=lambda p: p.name):
         frames = by_frame(json.loads((task_dir / "annotations.json").read_text()))
         for entry in json.loads((task_dir / "frames.json").read_text()):
+            if "skipped" in entry:
+                continue
             index = int(entry["index"])
             frame = frames.get(index)
             if frame is None and not entry.get("completed"):
@@ -135,6 +143,16 @@ def snapshot_samples(snapshot: Path) -> tuple[list[Sample], dict[int, Any]]:
                 provenance={"task": task_dir.name, "frame": str(index),
                             "name": str(entry.get("name", ""))}))
     return samples, labels
+
+
+def snapshot_skipped(snapshot: Path) -> list[Skipped]:
+    """The frames the snapshot left out (their image failed), and why."""
+    return [Skipped(f"cvat-t{task_dir.name}-f{entry['index']}", str(entry["skipped"]),
+                    {"task": task_dir.name, "frame": str(entry["index"]),
+                     "name": str(entry.get("name", ""))})
+            for task_dir in sorted((snapshot / "tasks").iterdir(), key=lambda p: p.name)
+            for entry in json.loads((task_dir / "frames.json").read_text())
+            if "skipped" in entry]
 
 
 def train_spec(key: str, samples: Sequence[Sample], labels: dict[int, Any],
@@ -177,12 +195,12 @@ class CvatSource:
     def key(self) -> str:
         return store_key(self.kind, self.ident)
 
-    def write_samples(self, directory: Path, progress: Progress) -> list[Sample]:
+    def write_samples(self, directory: Path, progress: Progress) -> SampleSet:
         snapshot = self.snapshot or export_snapshot(self.connect(), self.kind, self.ident,
                                                     directory / "snapshot", progress)
         samples, self._labels = snapshot_samples(snapshot)
         progress({"phase": "converting", "samples": len(samples)})
-        return samples
+        return SampleSet(samples, snapshot_skipped(snapshot))
 
     def describe(self, samples: Sequence[Sample]) -> TrainSpec:
         spec = train_spec(self.key, samples, self._labels, self.task_type,

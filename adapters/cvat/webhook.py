@@ -94,7 +94,9 @@ def check_signature(secret: str | None, body: bytes, given: str | None) -> None:
                             f"from {SECRET_ENV}")
 
 
-def handle_webhook(secret: str | None, request_training: TrainingRequest) -> Any:
+def handle_webhook(secret: str | None, request_training: TrainingRequest,
+                   notice: Callable[[str], dict[str, Any]] | None = None) -> Any:
+    """`notice(what)`: extra reply fields about the queued job (e.g. that no worker is alive)."""
     body = request.get_data()
     check_signature(secret, body, request.headers.get("X-Signature-256"))
     try:
@@ -118,5 +120,7 @@ def handle_webhook(secret: str | None, request_training: TrainingRequest) -> Any
     except (redis.RedisError, LockError) as exc:
         raise ApiError(503, f"training not queued: Redis is unavailable ({exc}); "
                             f"run 'labelpilot train --cvat-{kind} {ident}' later") from exc
+    extra = notice(f"CVAT {kind} {ident}: training job {queued.job_id} {queued.outcome}") \
+        if notice else {}
     return jsonify({"status": "ok", "event": event.event, "train": f"{kind} {ident}",
-                    "job": queued.job_id, "queue": queued.outcome}), 202
+                    "job": queued.job_id, "queue": queued.outcome, **extra}), 202

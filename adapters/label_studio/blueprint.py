@@ -34,8 +34,10 @@ from labelpilot.adapters.label_studio.predictor import ModelChoice, Predictor
 from labelpilot.adapters.label_studio.sam_config import SamSetup, batch_plan, sam_setups
 from labelpilot.adapters.label_studio.webhook import record_training_event
 from labelpilot.adapters.metrics import WEBHOOK_EVENTS
-from labelpilot.backends.errors import BackendError, ModelLoadError
+from labelpilot.adapters.worker_notice import worker_notice
+from labelpilot.backends.errors import BackendError, ModelLoadError, ModelRefRefused
 from labelpilot.trainers.queue import Enqueued
+from labelpilot.trainers.queue_status import QueueMonitor
 
 log = logging.getLogger(__name__)
 TrainingHook = Callable[[WebhookEvent], Enqueued | None]
@@ -64,9 +66,11 @@ def _click_response(answer: ClickAnswer) -> Response:
 def label_studio_blueprint(predictor: Predictor, connections: Connections,
                            connection: redis.Redis, on_training: TrainingHook,
                            auth: BasicAuth | None = None, *, sam: InteractiveSam,
-                           defaults: ControlDefaults | None = None) -> Blueprint:
+                           defaults: ControlDefaults | None = None,
+                           monitor: QueueMonitor | None = None) -> Blueprint:
     """The LS endpoints. `connection`: the Redis the webhook events are recorded in;
-    `defaults`: the model and threshold of controls whose tags do not name them."""
+    `defaults`: the model and threshold of controls whose tags do not name them; `monitor`:
+    the training queue's state for /health and the webhook replies."""
     defaults = defaults or ControlDefaults()
     bp = Blueprint("label_studio", __name__)
 
@@ -78,8 +82,16 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
     @bp.get("/")
     @bp.get("/health")
     def health() -> Any:
-        return {"status": "UP", "model_class": "labelpilot", "v2": True,
-                "models_loaded": predictor.models.loaded(), "sam": sam.health()}
+        body: dict[str, Any] = {"status": "UP", "model_class": "labelpilot", "v2": True,
+                                "models_loaded": predictor.models.loaded(), "sam": sam.health()}
+        if monitor is None:
+            return body
+        status = monitor.status()
+        body["training"] = status.as_dict()
+        if not status.redis_ok:  # webhooks and model pointers need it: out of rotation
+            body["status"] = "DEGRADED"
+            return body, 503
+        return body  # no worker is a warning: predictions still work, jobs wait
 
     def _serving(config: str | None, pid: int | None
                  ) -> tuple[ServingPlan, dict[str, SamSetup], str, dict[ControlSpec, ModelChoice]]:
@@ -89,7 +101,10 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
         plan = _plan(config, defaults)
         if setups:
             plan = batch_plan(plan, setups)
-        choices = predictor.choices(plan, pid)
+        try:
+            choices = predictor.choices(plan, pid)
+        except ModelRefRefused as exc:  # a model_path out of MODEL_DIR
+            raise ApiError(422, str(exc)) from exc
         parts = {choice.version for choice in choices.values()}
         parts |= {sam.version(s) for s in setups.values()}
         return plan, setups, "+".join(sorted(parts)), choices
@@ -166,13 +181,16 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
             WEBHOOK_EVENTS.labels(event.action, "redis_down").inc()
             raise ApiError(503, f"event recorded but training not queued: {exc}") from exc
         WEBHOOK_EVENTS.labels(event.action, queued.outcome if queued else "recorded").inc()
+        notice = worker_notice(monitor, f"project {event.project_id}: training job "
+                               f"{queued.job_id} {queued.outcome}") if queued else {}
         return jsonify({"status": "ok", "action": event.action, "project": event.project_id,
                         "event_id": entry, "job": queued.job_id if queued else None,
-                        "queue": queued.outcome if queued else "counted"}), 201
+                        "queue": queued.outcome if queued else "counted", **notice}), 201
 
     @bp.route("/versions", methods=["GET", "POST"])
     def versions() -> Any:
-        body = request.get_json(silent=True) or {}
+        body = request.get_json(silent=True)
+        body = body if isinstance(body, dict) else {}
         pid = project_id(request.args.get("project") or body.get("project"))
         config = connections.get(pid).label_config
         if not config:

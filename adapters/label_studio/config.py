@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from labelpilot.backends.tasks import TaskSpec, task_spec
 
@@ -169,8 +170,8 @@ def _control_spec(control: object, defaults: ControlDefaults) -> ControlSpec | s
                 label_map.setdefault(alias.strip().lower(), label)
         label_map.setdefault(label.lower(), label)
         if kind == "keypoint":
-            index = la.get("model_index")
-            keypoint_labels[int(index) if index not in (None, "") else position] = label
+            index = _number(la, "model_index", position, int, f"Label '{label}' of {tag}")
+            keypoint_labels[index] = label
     image = images[0]
     value = str(getattr(image, "value", "") or "")
     return ControlSpec(
@@ -183,6 +184,20 @@ def _control_spec(control: object, defaults: ControlDefaults) -> ControlSpec | s
         keypoint_labels=keypoint_labels,
         model_ref=attrs.get("model_path") or defaults.model(CONTROL_TASKS[kind].default.name),
         explicit_model="model_path" in attrs,
-        threshold=float(attrs.get("model_score_threshold", defaults.score_threshold)),
-        point_threshold=float(attrs.get("model_point_threshold", "0.5")),
+        threshold=_number(attrs, "model_score_threshold", defaults.score_threshold, float,
+                          f"{tag} '{name}'"),
+        point_threshold=_number(attrs, "model_point_threshold", 0.5, float, f"{tag} '{name}'"),
     )
+
+
+def _number(attrs: dict[str, str], key: str, default: Any, kind: Callable[[str], Any],
+            where: str) -> Any:
+    """A numeric attribute of a tag; ConfigError (a 422) naming it when it is not a number."""
+    raw = attrs.get(key)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        return kind(str(raw).strip())
+    except ValueError as exc:
+        raise ConfigError(f"{key}=\"{str(raw)[:40]}\" on {where} is not a "
+                          f"{'whole number' if kind is int else 'number'}") from exc

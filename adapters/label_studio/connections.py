@@ -2,7 +2,12 @@
 told us.
 
 `/setup` reaches one gunicorn worker, `/predict` may reach another: what /setup says is kept in
-Redis (best effort) as well as in memory, so every worker can use it.
+Redis (best effort) as well as in memory, so every worker can use it. The address and label
+config stay for 30 days; the access token (LS sends the project owner's API key) is a secret
+and is kept apart with a short lifetime: `SourcePolicy.token_seconds` after the last /setup,
+longer only while a training of the project is queued or running (`hold_token`, released by
+`release_token` when the job ends), never when LABEL_STUDIO_API_KEY is set (then it is not
+needed). It never goes into job arguments or logs.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -21,25 +26,29 @@ from labelpilot.adapters.label_studio.image_source import ImageSource
 
 log = logging.getLogger(__name__)
 _KEY = "labelpilot:ls:project:{}"
+_TOKEN_KEY = "labelpilot:ls:token:{}"
 
 
 @dataclass(frozen=True)
 class ProjectConnection:
     hostname: str | None = None
-    access_token: str | None = None
+    access_token: str | None = field(default=None, repr=False)
     label_config: str | None = None
 
 
 @dataclass(frozen=True)
 class SourcePolicy:
     """Where images may come from and how (LABEL_STUDIO_URL / _API_KEY override what /setup
-    says; LABELPILOT_ALLOWED_HOSTS, LABELPILOT_MAX_IMAGE_BYTES, LOCAL_FILES_DOCUMENT_ROOT)."""
+    says; LABELPILOT_ALLOWED_HOSTS, LABELPILOT_MAX_IMAGE_BYTES, LOCAL_FILES_DOCUMENT_ROOT,
+    LABELPILOT_IMAGE_DOWNLOAD_SECONDS)."""
 
     url: str | None = None
     token: str | None = None
     allowed_hosts: frozenset[str] = frozenset()
     max_bytes: int = 50 * 2**20
     local_files_root: Path | None = None
+    download_seconds: float = 20.0  # deadline of one whole image download
+    token_seconds: int = 3600  # LABELPILOT_LS_TOKEN_TTL: /setup's token in Redis after /setup
 
 
 class Connections:
@@ -56,17 +65,21 @@ class Connections:
         self._lock = threading.Lock()
 
     def remember(self, project_id: int | None, conn: ProjectConnection) -> None:
-        """Store what /setup said; fields it left out keep their earlier values."""
+        """Store what /setup said; fields it left out keep their earlier values. The token
+        only when the settings give none (LABEL_STUDIO_API_KEY wins anyway)."""
         if project_id is None:
             return
         known = self.get(project_id)
-        conn = ProjectConnection(conn.hostname or known.hostname,
-                                 conn.access_token or known.access_token,
+        token = None if self.policy.token else conn.access_token or known.access_token
+        conn = ProjectConnection(conn.hostname or known.hostname, token,
                                  conn.label_config or known.label_config)
         with self._lock:
             self._projects[project_id] = conn
         try:
-            self._redis.set(_KEY.format(project_id), json.dumps(asdict(conn)), ex=30 * 86400)
+            self._redis.set(_KEY.format(project_id), json.dumps(
+                {"hostname": conn.hostname, "label_config": conn.label_config}), ex=30 * 86400)
+            if token:
+                store_token(self._redis, project_id, token, self.policy.token_seconds)
         except redis.RedisError as exc:
             log.warning("could not store project %s connection in Redis: %s", project_id, exc)
 
@@ -75,18 +88,49 @@ class Connections:
             return ProjectConnection()
         with self._lock:
             known = self._projects.get(project_id)
-        if known is not None:
+        if known is not None and (known.access_token or self.policy.token):
             return known
-        try:
-            raw = self._redis.get(_KEY.format(project_id))
+        try:  # unknown here, or known without a token: another worker's /setup may have one
+            raw, token = self._redis.mget(_KEY.format(project_id), _TOKEN_KEY.format(project_id))
         except redis.RedisError:
-            raw = None
+            return known or ProjectConnection()
         if not raw:
-            return ProjectConnection()
-        conn = ProjectConnection(**json.loads(raw))
+            return known or ProjectConnection()
+        data = json.loads(raw)
+        if "access_token" in data:  # written by an older version, for 30 days: move it
+            healed = self._heal(project_id, data, None if token else data.get("access_token"))
+            data.pop("access_token")
+            token = token or healed
+        conn = ProjectConnection(data.get("hostname"),
+                                 None if self.policy.token else _text(token),
+                                 data.get("label_config"))
         with self._lock:
             self._projects[project_id] = conn
         return conn
+
+    def _heal(self, project_id: int, data: dict[str, str | None], token: str | None
+              ) -> str | None:
+        """Rewrite an entry that holds the token without it; the token (unless a newer one is
+        known) gets the short lifetime."""
+        try:
+            self._redis.set(_KEY.format(project_id), json.dumps(
+                {k: v for k, v in data.items() if k != "access_token"}), keepttl=True)
+            if token and not self.policy.token:
+                store_token(self._redis, project_id, token, self.policy.token_seconds)
+        except redis.RedisError:
+            pass
+        return token
+
+    def require_token(self, project_id: int) -> None:
+        """ValueError saying how to get one when no LS token is known for the project (a
+        training calls LS's API; /setup's token lives `policy.token_seconds` in Redis)."""
+        if self.policy.token or self.get(project_id).access_token:
+            return
+        raise ValueError(
+            f"no Label Studio token for project {project_id}: the one LS sends to /setup is "
+            f"kept {self.policy.token_seconds} s after the last /setup (LABELPILOT_LS_TOKEN_TTL) "
+            "and while a training waits; open the project's Model settings in Label Studio "
+            "(LS then calls /setup) and start the training again, or set LABEL_STUDIO_API_KEY")
 
     def image_source(self, project_id: int | None) -> ImageSource:
         conn = self.get(project_id)
@@ -101,9 +145,42 @@ class Connections:
         source = ImageSource(
             client=LabelStudioClient(url, token) if url else None,
             allowed_hosts=frozenset(h.lower() for h in self.policy.allowed_hosts),
-            max_bytes=self.policy.max_bytes, local_files_root=self.policy.local_files_root)
+            max_bytes=self.policy.max_bytes, local_files_root=self.policy.local_files_root,
+            download_seconds=self.policy.download_seconds)
         with self._lock:
             self._sources[key] = source
             while len(self._sources) > self._max_sources:
                 self._sources.popitem(last=False)
         return source
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def store_token(connection: redis.Redis, project_id: int, token: str, seconds: int) -> None:
+    """Keep /setup's token for `seconds`, or longer when a training holds it already."""
+    key = _TOKEN_KEY.format(project_id)
+    remaining = connection.ttl(key)
+    connection.set(key, token, ex=max(seconds, remaining if remaining > 0 else 0))
+
+
+def hold_token(connection: redis.Redis, project_id: int, seconds: int) -> None:
+    """A training of the project is queued: keep its token (if any) at least `seconds`."""
+    key = _TOKEN_KEY.format(project_id)
+    remaining = connection.ttl(key)
+    if 0 <= remaining < seconds:
+        connection.expire(key, seconds)
+
+
+def release_token(connection: redis.Redis, project_id: int, seconds: int) -> None:
+    """No training of the project is pending any more: the token lives at most `seconds` more
+    (its lifetime after a /setup)."""
+    key = _TOKEN_KEY.format(project_id)
+    if connection.ttl(key) > seconds:
+        connection.expire(key, seconds)
+
+
+def token_ttl(connection: redis.Redis, project_id: int) -> int:
+    """Seconds /setup's token of the project has left in Redis (-2: none there)."""
+    return int(connection.ttl(_TOKEN_KEY.format(project_id)))

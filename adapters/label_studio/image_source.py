@@ -8,6 +8,7 @@ through LS's presign endpoint, and plain http(s) URLs.
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
@@ -38,7 +39,8 @@ class ImageSource:
     allowed_hosts: frozenset[str] = frozenset()
     max_bytes: int = 50 * 1024 * 1024
     local_files_root: Path | None = None
-    timeout: float = 15.0
+    timeout: float = 15.0  # per connect / read
+    download_seconds: float = 20.0  # the whole download, however slowly the bytes come
     pool: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(maxsize=16))
 
     def __post_init__(self) -> None:
@@ -138,13 +140,18 @@ class ImageSource:
     def _download(self, url: str, trust_redirects: bool = False) -> bytes:
         # urllib3 directly: the same pooled connections as requests at half its per-call CPU,
         # which counts when a 2-core worker fetches a batch of images next to the model.
+        # A server trickling bytes passes every per-read timeout: the whole download (redirects
+        # included) has a deadline too, and no single wait may run past it.
+        deadline = time.monotonic() + self.download_seconds
         for _ in range(_MAX_REDIRECTS + 1):
             try:
+                wait = self._wait(deadline)
                 response = self.pool.request(
                     "GET", url, headers=self._headers_for(url), preload_content=False,
-                    redirect=False, retries=False, timeout=self.timeout)
+                    redirect=False, retries=False,
+                    timeout=urllib3.Timeout(connect=wait, read=wait))
             except urllib3.exceptions.HTTPError as exc:
-                raise ImageSourceError(f"could not download {url}: {exc}") from exc
+                raise self._failed(url, exc, deadline) from exc
             try:
                 if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
                     target = urljoin(url, response.headers["Location"])
@@ -160,16 +167,47 @@ class ImageSource:
                 declared = int(response.headers.get("Content-Length") or 0)
                 if declared > self.max_bytes:
                     raise ImageSourceError(self._too_big(declared))
-                chunks: list[bytes] = []
-                total = 0
-                for chunk in response.stream(256 * 1024):
-                    total += len(chunk)
-                    if total > self.max_bytes:
-                        raise ImageSourceError(self._too_big(total))
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return self._read_body(response, deadline)
             except urllib3.exceptions.HTTPError as exc:
-                raise ImageSourceError(f"could not download {url}: {exc}") from exc
+                response.close()  # half-read: the connection must not be reused
+                raise self._failed(url, exc, deadline) from exc
+            except ImageSourceError:
+                response.close()
+                raise
             finally:
                 response.release_conn()
         raise ImageSourceError(f"too many redirects fetching {url}")
+
+    def _wait(self, deadline: float) -> float:
+        """The longest a single connect or read may wait now; past the deadline, the error."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ImageSourceError(self._too_slow())
+        return min(self.timeout, left)
+
+    def _read_body(self, response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+        """The body, read as it arrives (`read1`: no waiting for a full chunk), each socket
+        wait cut to what is left before the deadline."""
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            wait = self._wait(deadline)
+            sock = getattr(response.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(wait)
+            chunk = response.read1(256 * 1024)
+            if not chunk:
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > self.max_bytes:
+                raise ImageSourceError(self._too_big(total))
+            chunks.append(chunk)
+
+    def _too_slow(self) -> str:
+        return (f"image download took longer than {self.download_seconds:g} s "
+                "(set LABELPILOT_IMAGE_DOWNLOAD_SECONDS to allow more)")
+
+    def _failed(self, url: str, exc: Exception, deadline: float) -> ImageSourceError:
+        if time.monotonic() >= deadline:
+            return ImageSourceError(self._too_slow())
+        return ImageSourceError(f"could not download {url}: {exc}")

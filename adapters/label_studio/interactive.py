@@ -176,7 +176,7 @@ class InteractiveSam:
 
     def interactor_for(self, setup: SamSetup) -> SamInteractor:
         try:
-            return self.models.get(setup.model_ref)
+            return self.models.get(setup.model_ref, untrusted=True)
         except ModelLoadError as exc:
             raise ApiError(503, str(exc)) from exc
         except BackendError as exc:
@@ -185,7 +185,7 @@ class InteractiveSam:
     def version(self, setup: SamSetup) -> str:
         """The SAM part of the model_version (cheap: no model load); 422 when misconfigured."""
         try:
-            return self.models.spec(setup.model_ref).version
+            return self.models.spec(setup.model_ref, untrusted=True).version
         except BackendError as exc:
             raise ApiError(422, str(exc)) from exc
 
@@ -240,7 +240,7 @@ class InteractiveSam:
 
     def _prewarm_one(self, task: Task, setup: SamSetup, source: ImageSource) -> None:
         try:
-            sam = self.models.get(setup.model_ref)
+            sam = self.models.get(setup.model_ref, untrusted=True)
             image = self.fetch_image(task, setup, source)
         except (ApiError, BackendError) as exc:
             log.warning("SAM prewarm of task %s skipped: %s", task.id,

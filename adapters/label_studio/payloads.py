@@ -22,7 +22,8 @@ def project_id(value: Any) -> int | None:
     if isinstance(value, dict):
         value = value.get("id")
     text = str(value).split(".", 1)[0]
-    return int(text) if text.isdigit() else None
+    # ASCII digits only ("²".isdigit() is true but int() refuses it), and a size LS can have
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 class Task(_Lenient):

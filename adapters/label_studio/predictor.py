@@ -98,8 +98,10 @@ class Predictor:
         if trained is not None:
             return ModelChoice(str(trained.weights), trained.model_version)
         try:
-            return ModelChoice(self.locator.resolve(control.model_ref),
-                               self.locator.version(control.model_ref))
+            # a model_path comes from the label config: confined to MODEL_DIR (ModelRefRefused)
+            untrusted = control.explicit_model
+            return ModelChoice(self.locator.resolve(control.model_ref, untrusted=untrusted),
+                               self.locator.version(control.model_ref, untrusted=untrusted))
         except ModelNotFoundError as exc:
             hint = (" — or label tasks and press Start training to train one" if key else "")
             return ModelChoice(None, f"untrained-{control.name}", f"{exc}{hint}")

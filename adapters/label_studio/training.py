@@ -31,6 +31,7 @@ from labelpilot.adapters.label_studio.config import (
     parse_label_config,
     store_key,
 )
+from labelpilot.adapters.label_studio.connections import hold_token, release_token
 from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
 from labelpilot.adapters.label_studio.payloads import WebhookEvent
 from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
@@ -40,13 +41,16 @@ from labelpilot.backends.shapes import Instance
 from labelpilot.trainers import queue
 from labelpilot.trainers.job import run_training_job
 from labelpilot.trainers.pipeline import Progress
-from labelpilot.trainers.samples import Sample
+from labelpilot.trainers.samples import Sample, SampleSet, Skipped
 from labelpilot.trainers.settings import load_params
 from labelpilot.trainers.source import TrainSpec
 
 log = logging.getLogger(__name__)
 TRAINABLE = CONTROL_TASKS  # every control kind trains the model task it is served by
 _CHANGES = "labelpilot:train:changes:ls-{}"
+# how long a queued training keeps the project's LS token: a job waits at most for the one
+# running before it (JOB_TIMEOUT), and reads the token when it starts
+TOKEN_HOLD_S = queue.JOB_TIMEOUT + 3600
 
 
 def queue_key(project_id: int) -> str:
@@ -123,22 +127,39 @@ def on_training_event(event: WebhookEvent, connection: redis.Redis,
 
 def request_project_training(connection: redis.Redis, job_func: str, project_id: int,
                              trigger: dict[str, Any]) -> queue.Enqueued:
-    """Queue (or join) the training of an LS project; the job gets `project_id`, `trigger`."""
-    return queue.request_training(connection, queue_key(project_id), job_func,
-                                  {"project_id": project_id, "trigger": trigger}, trigger)
+    """Queue (or join) the training of an LS project; the job gets `project_id`, `trigger`
+    (never the LS token: the job reads the one /setup left in Redis, kept for it until it
+    ends, see `connections.hold_token`)."""
+    queued = queue.request_training(connection, queue_key(project_id), job_func,
+                                    {"project_id": project_id, "trigger": trigger}, trigger)
+    hold_token(connection, project_id, TOKEN_HOLD_S)
+    return queued
+
+
+def training_ended(connection: redis.Redis, project_id: int, token_seconds: int) -> None:
+    """A training job of the project ended: unless another one waits, its LS token goes back
+    to the lifetime it has after a /setup (`token_seconds`)."""
+    if queue.waiting_job(connection, queue_key(project_id)) is None:
+        release_token(connection, project_id, token_seconds)
 
 
 def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: ControlSpec,
                     source: ImageSource, directory: Path,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Sample]:
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> SampleSet:
+    """The annotated tasks as samples; an annotated task whose image fails is `skipped`."""
     samples: list[Sample] = []
+    skipped: list[Skipped] = []
     for task in tasks:
         url = (task.get("data") or {}).get(control.image_key)
         try:
             data = source.fetch(str(url), task.get("id"))
             image = decode_image(data, max_pixels=max_pixels)
         except (ImageSourceError, ImageError) as exc:
-            log.warning("task %s skipped for training: %s", task.get("id"), exc)
+            labelled = task_labels(task, plan, control, 1, 1)[2]  # the size matters not here
+            if labelled is not None:
+                log.warning("task %s left out of training: %s", task.get("id"), exc)
+                skipped.append(Skipped(f"task-{task.get('id')}", str(exc), {
+                    "task": str(task.get("id")), "annotation": str(labelled.get("id"))}))
             continue
         height, width = image.shape[:2]
         instances, classes, annotation = task_labels(task, plan, control, width, height)
@@ -153,7 +174,7 @@ def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: Con
                 "task": str(task["id"]), "annotation": str(annotation.get("id")),
                 "completed_by": str(annotation.get("completed_by")),
                 "updated_at": str(annotation.get("updated_at"))}))
-    return samples
+    return SampleSet(samples, skipped)
 
 
 class LabelStudioSource:
@@ -176,7 +197,7 @@ class LabelStudioSource:
         plan = parse_label_config(project["label_config"], self.defaults)
         return plan, trainable_control(plan)
 
-    def write_samples(self, directory: Path, progress: Progress) -> list[Sample]:
+    def write_samples(self, directory: Path, progress: Progress) -> SampleSet:
         plan, control = self._target
         tasks = self.images.api.export_tasks(self.project_id)
         progress({"phase": "downloading", "tasks": len(tasks)})

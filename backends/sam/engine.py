@@ -231,14 +231,16 @@ class SamModels:
                                                               capacity=options.max_models)
         self._specs: dict[str, SamSpec] = {}  # key → spec: loading needs no second parse
 
-    def spec(self, ref: str | None = None) -> SamSpec:
+    def spec(self, ref: str | None = None, *, untrusted: bool = False) -> SamSpec:
         """The checked spec of `ref` (None: `options.default_ref`) without loading it; a
-        `ModelNotFoundError` says what to set when there is no ref at all."""
-        return parse_sam_ref(chosen_ref(ref, self.options.default_ref), self.locator)
+        `ModelNotFoundError` says what to set when there is no ref at all. `untrusted`: `ref`
+        comes from a label config (confined to MODEL_DIR; the default ref never is)."""
+        return parse_sam_ref(chosen_ref(ref, self.options.default_ref), self.locator,
+                             untrusted=untrusted and bool(ref))
 
-    def get(self, ref: str | None = None) -> SamInteractor:
+    def get(self, ref: str | None = None, *, untrusted: bool = False) -> SamInteractor:
         """The interactor for `ref` (None: `options.default_ref`), loaded on first use."""
-        spec = self.spec(ref)
+        spec = self.spec(ref, untrusted=untrusted)
         self._specs.setdefault(spec.key, spec)
         return self._models.get(spec.key)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from labelpilot.backends.errors import BackendError, ModelNotFoundError
-from labelpilot.backends.model_ref import ModelLocator, model_version
+from labelpilot.backends.model_ref import ALLOW_HINT, ModelLocator, model_version
 
 SamKind = Literal["mobile_sam", "vit_b", "vit_l", "vit_h"]
 KINDS: tuple[SamKind, ...] = ("mobile_sam", "vit_b", "vit_l", "vit_h")
@@ -61,20 +61,22 @@ def chosen_ref(ref: str | None, default: str) -> str:
     return text
 
 
-def parse_sam_ref(ref: str, locator: ModelLocator) -> SamSpec:
+def parse_sam_ref(ref: str, locator: ModelLocator, *, untrusted: bool = False) -> SamSpec:
     """Parse and check a ref (see labelpilot.backends.sam); the checkpoint must exist on disk
-    (`locator` says where to look), except an ultralytics asset that may be downloaded."""
+    (`locator` says where to look), except an ultralytics asset that may be downloaded.
+    `untrusted`: the ref comes from a label config (confined to MODEL_DIR, see
+    `ModelLocator.confine`)."""
     text = chosen_ref(ref, "")
     if text.startswith(RANDOM_PREFIX):
         kind = text[len(RANDOM_PREFIX):]
         return SamSpec(_check_kind(kind, text), None)
     prefix, sep, rest = text.partition(":")
     if sep and prefix in KINDS:
-        return SamSpec(cast(SamKind, prefix), _find_checkpoint(rest, locator))
-    if text in DOWNLOADABLE and locator.download \
-            and not any(c.is_file() for c in locator.local_candidates(text)):
+        return SamSpec(cast(SamKind, prefix), _find_checkpoint(rest, locator, untrusted))
+    if text in DOWNLOADABLE and locator.download and not any(
+            c.is_file() for c in locator.local_candidates(text, untrusted=untrusted)):
         return SamSpec(DOWNLOADABLE[text], locator.model_dir / text)  # downloaded when loaded
-    path = _find_checkpoint(text, locator)
+    path = _find_checkpoint(text, locator, untrusted)
     return SamSpec(_kind_from_name(path), path)
 
 
@@ -84,16 +86,18 @@ def _check_kind(kind: str, ref: str) -> SamKind:
     return cast(SamKind, kind)
 
 
-def _find_checkpoint(ref: str, locator: ModelLocator) -> Path:
+def _find_checkpoint(ref: str, locator: ModelLocator, untrusted: bool = False) -> Path:
     base = locator.model_dir
-    candidates = locator.local_candidates(ref)
+    candidates = locator.local_candidates(ref, untrusted=untrusted)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
     looked = ", ".join(str(c) for c in candidates)
+    confined = untrusted and not locator.allow_custom_paths
+    where = f"({ALLOW_HINT})" if confined else "or give an absolute path"
     raise ModelNotFoundError(
         f"SAM checkpoint '{ref}' not found (looked in {looked}): put the file in "
-        f"MODEL_DIR={base} or give an absolute path (only {', '.join(DOWNLOADABLE)} are "
+        f"MODEL_DIR={base} {where} (only {', '.join(DOWNLOADABLE)} are "
         "downloaded by name, and only while LABELPILOT_DOWNLOAD_WEIGHTS is not 0)")
 
 
