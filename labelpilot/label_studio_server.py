@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def default_ls_venv() -> Path:
-    return Path(os.environ.get("LABELPILOT_LS_VENV", REPO / ".ls-venv"))
+    """LABELPILOT_LS_VENV, else `.ls-venv` in the repo (where `./run setup` installs LS)."""
+    from labelpilot.settings import load_settings
+
+    return load_settings().ls_venv or REPO / ".ls-venv"
 
 
 @dataclass

@@ -199,6 +199,10 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = _field(
         None, "LABELPILOT_ADMIN_TOKEN", "server",
         "Enables the `/admin/...` endpoints (`Authorization: Bearer <token>`).")
+    ls_venv: Path | None = _field(
+        None, "LABELPILOT_LS_VENV", "server",
+        "Label Studio's own venv, for `labelpilot demo` and the tests (`./run` sets it). "
+        "Unset: `.ls-venv` in the repo.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _field(
         "INFO", "LOG_LEVEL", "server", "Log level of every labelpilot process.")
 
