@@ -331,7 +331,9 @@ def test_a_killed_embedded_redis_comes_back_on_its_port_with_its_data(serve):
     wait_for("/health to be UP", lambda: serve.health().status_code == 200, timeout=10)
     assert serve.health().json()["training"]["redis"] == "up"
     assert connection.get("labelpilot:test:survives") == b"yes"  # from the AOF
-    assert "restarted embedded redis-server" in serve.log.read_text()
+    # logged once its start returns, which may be a moment after it answers
+    wait_for("the restart to be logged",
+             lambda: "restarted embedded redis-server" in serve.log.read_text(), timeout=10)
     run_job(connection)  # the worker found it again
 
 

@@ -123,19 +123,24 @@ def test_control_trains_from_label_studio_and_serves_its_result_type(
     # no yolo11n-seg/-pose/-obb.pt offline: as users start from COCO weights, the first
     # version transfers the matching layers of a detect model trained on the same shapes
     pretrained = "" if task == "classify" else str(shapes_model)
-    # a 6-epoch classifier from scratch is not meant to beat chance on a 4-image holdout: the
-    # first-version floor has its own tests (test_training_pipeline); here the point is the
-    # result type Label Studio stores
-    floor = 0.0 if task == "classify" else 0.05
+    # a 6-epoch classifier from scratch need not beat chance on a 4-image holdout, so its first
+    # version is vetted by an admin (the first-version floor has its own tests in
+    # test_training_pipeline); the point here is the result type Label Studio stores
+    promotion = "manual" if task == "classify" else "auto"
     save_params(get_redis(), f"ls-{pid}", epochs=6, imgsz=160, batch=8, pretrained=pretrained,
-                first_version_floor=floor)
+                promotion=promotion)
 
     result = train_label_studio(pid, trigger={"event": "test"})
 
     key = f"ls-{pid}-{control}"
-    version = ModelStore(backend.log.parent / "models" / "store", get_redis()).current(key)
+    store = ModelStore(backend.log.parent / "models" / "store", get_redis())
+    assert result["decision"]["promote"] == (promotion == "auto"), result["decision"]
+    if promotion == "manual":
+        assert "waiting for an admin" in result["decision"]["reason"]
+        store.promote(key, result["version"], by="test admin")
+    version = store.current(key)
     assert version is not None and version.version == result["version"] == "v1"
-    assert result["task"] == task and result["decision"]["promote"]
+    assert result["task"] == task
     assert result["params"]["pretrained"] == pretrained
     assert result["dataset"]["counts"]["train"] >= 2
     metric = "accuracy_top1" if task == "classify" else "map50_95"
