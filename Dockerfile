@@ -64,7 +64,8 @@ RUN pip install --no-cache-dir --no-deps /src \
 ENV LABELPILOT_DATA_DIR=/data \
     MODEL_DIR=/models \
     YOLO_CONFIG_DIR=/data/ultralytics \
-    LABELPILOT_CVAT_PORT=8070
+    LABELPILOT_CVAT_PORT=8070 \
+    LABELPILOT_CVAT_HOST=0.0.0.0
 
 WORKDIR /data
 # numeric, so that runtimes can tell it is not root (Kubernetes runAsNonRoot)
@@ -76,8 +77,9 @@ EXPOSE 9090 8070
 HEALTHCHECK --interval=15s --timeout=10s --start-period=90s --retries=5 \
     CMD ["python", "-c", "import base64, os, urllib.request as u; r = u.Request('http://127.0.0.1:%s/health' % os.environ.get('PORT', '9090')); c = (os.environ.get('BASIC_AUTH_USER', ''), os.environ.get('BASIC_AUTH_PASS', '')); all(c) and r.add_header('Authorization', 'Basic ' + base64.b64encode(':'.join(c).encode()).decode()); u.urlopen(r, timeout=5)"]
 
-# SIGTERM: gunicorn stops gracefully; an RQ worker finishes its current job first (warm
-# shutdown), so give it time: `docker run --stop-timeout`, compose's stop_grace_period.
+# SIGTERM: gunicorn stops gracefully; `labelpilot worker` finishes its current job first (warm
+# shutdown), so give it time (compose's stop_grace_period). The worker that `labelpilot serve`
+# starts for itself gets 30 s: run training in its own `labelpilot worker` container.
 STOPSIGNAL SIGTERM
 
 # `serve` alone = gunicorn + one RQ worker + an embedded Redis when REDIS_URL is unset.

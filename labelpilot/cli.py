@@ -59,8 +59,8 @@ def serve(
     worker: bool = typer.Option(True, help="also start one RQ worker"),
     cvat_port: int = typer.Option(None, help="port of the CVAT facade (CVAT_NUCLIO_PORT; "
                                   "0: on --port, behind basic auth) [LABELPILOT_CVAT_PORT]"),
-    cvat_host: str = typer.Option(None, help="address the CVAT ports bind (default: --host) "
-                                  "[LABELPILOT_CVAT_HOST]"),
+    cvat_host: str = typer.Option(None, help="address the CVAT ports bind (default: "
+                                  "127.0.0.1) [LABELPILOT_CVAT_HOST]"),
     cvat_direct_ports: str = typer.Option(None, help="port range for CVAT's direct invoke "
                                           "mode, e.g. 32001-32016 [LABELPILOT_CVAT_DIRECT_PORTS]"),
 ) -> None:

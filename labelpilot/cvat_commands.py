@@ -27,7 +27,7 @@ def serving_ports(settings: Settings) -> list[str]:
         raise SettingsError(f"invalid configuration: {exc}") from None
     if span is not None:
         ports.extend(range(span[0], span[1] + 1))
-    host = settings.cvat_bind_host
+    host = settings.cvat_host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
     return [f"{host}:{port}" for port in ports]
 

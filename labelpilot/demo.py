@@ -147,8 +147,8 @@ def run_demo(settings: Settings, ls_port: int = 18080, backend_port: int = 9090,
             model_detect=chosen.weights, label_studio_url=ls.url, label_studio_api_key=ls.token,
             sam_model=sam_ref)
         server = stack.enter_context(backend_processes(served, extra_env=served.env_of((
-            "model_dir", "model_detect", "label_studio_url", "label_studio_api_key",
-            "sam_model"))))
+            "host", "port", "workers", "threads", "model_dir", "model_detect",
+            "label_studio_url", "label_studio_api_key", "sam_model"))))
         wait_healthy(backend_url, server)
         admin = LabelStudioClient(ls.url, ls.token)
         project = _find_project(admin)

@@ -151,9 +151,10 @@ class Settings(BaseSettings):
         "Port of the CVAT facade (nuclio protocol, no auth: publish it only to CVAT's "
         "network); only there, not on `PORT`. `0`: on `PORT`, behind the basic auth.",
         ge=0, lt=65536)
-    cvat_host: str | None = _field(
-        None, "LABELPILOT_CVAT_HOST", "cvat",
-        "Address the CVAT port and direct-mode ports bind. Unset: `LABELPILOT_HOST`.")
+    cvat_host: str = _field(
+        "127.0.0.1", "LABELPILOT_CVAT_HOST", "cvat",
+        "Address the CVAT port and direct-mode ports bind: this machine only unless you open "
+        "it (`0.0.0.0`, or the address CVAT's containers reach, e.g. the docker bridge's).")
     cvat_direct_ports: str = _field(
         "", "LABELPILOT_CVAT_DIRECT_PORTS", "cvat",
         "Port range for CVAT's direct invoke mode, e.g. `32001-32016`.")
@@ -218,7 +219,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("label_studio_url", "cvat_url", "cvat_host", mode="before")
+    @field_validator("label_studio_url", "cvat_url", mode="before")
     @classmethod
     def _no_empty(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -241,7 +242,11 @@ class Settings(BaseSettings):
     def with_overrides(self, **values: Any) -> Settings:
         """These settings with `values` (None: keep) validated like the environment's."""
         given = {k: v for k, v in values.items() if v is not None}
-        return load_settings(**{**self.model_dump(), **given}) if given else self
+        if not given:
+            return self
+        checked = load_settings(**{**self.model_dump(), **given})  # SettingsError if bad
+        # model_copy keeps which fields were given (see task_models_set) and adds these
+        return self.model_copy(update={name: getattr(checked, name) for name in given})
 
     def env_of(self, names: Any) -> dict[str, str]:
         """Fields `names` as environment variables, for child processes."""
@@ -269,11 +274,6 @@ class Settings(BaseSettings):
     def cvat_port_shared(self) -> bool:
         """The CVAT facade answers on `PORT` (LABELPILOT_CVAT_PORT 0, or equal to PORT)."""
         return self.cvat_port in (0, self.port)
-
-    @property
-    def cvat_bind_host(self) -> str:
-        """LABELPILOT_CVAT_HOST, else LABELPILOT_HOST."""
-        return self.cvat_host or self.host
 
     @property
     def resolved_model_dir(self) -> Path:

@@ -709,3 +709,46 @@ def write_pose_snapshot(root: Path, images) -> Path:  # type: ignore[no-untyped-
     (task / "annotations.json").write_text(json.dumps(data.to_dict(), default=str))
     (task / "frames.json").write_text(json.dumps(entries))
     return root
+
+
+def test_forged_tracker_states_and_rois_are_refused_not_crashed() -> None:
+    """A state whose object is larger than its own template would blow the search window up
+    (GBs); infinite numbers would crash the conversions: all are 400-class errors."""
+    import math
+
+    import numpy as np
+
+    from labelpilot.adapters.cvat import tracker
+    from labelpilot.adapters.cvat.detector import Roi
+
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    frame[40:70, 50:90] = (20, 200, 20)
+    state = tracker.init_state(frame, tracker.TrackedShape("rectangle", [50, 40, 90, 70]))
+    huge = {**state, "size": [30000.0, 16000.0]}
+    with pytest.raises(tracker.TrackingError, match="inconsistent"):
+        tracker.track(frame, huge, tracker.TrackedShape("rectangle", [1, 1, 159, 119]))
+    with pytest.raises(tracker.TrackingError, match="finite"):
+        tracker.track(frame, state, tracker.TrackedShape("rectangle", [math.inf, 40, 90, 70]))
+    with pytest.raises(tracker.TrackingError, match="frame"):
+        tracker.track(frame, {**state, "image_size": 160}, None)
+    with pytest.raises(ValueError, match="finite"):
+        Roi.clipped([0, 0, math.inf, 10], 160, 120)
+
+
+def test_the_agent_tracking_function_keeps_a_lost_objects_state() -> None:
+    import numpy as np
+
+    from labelpilot.adapters.cvat.functions.tracking import create
+
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    frame[40:70, 50:90] = (20, 200, 20)
+    function = create()
+
+    class Shape:
+        type, points = "rectangle", [50.0, 40.0, 90.0, 70.0]
+
+    state = function.init_tracking_state(None, frame, Shape())  # type: ignore[arg-type]
+    empty = np.full((120, 160, 3), 90, np.uint8)  # the object is gone: lost, state kept
+    assert function.track(None, empty, state) is None  # type: ignore[arg-type]
+    assert state.get("kind") and state.get("points")
+    assert function.track(None, frame, state) is not None  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from labelpilot.backends.errors import BackendError
 from labelpilot.backends.hot_swap import CurrentModels
 from labelpilot.backends.model_cache import ModelCache
 from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.model_store import ModelVersion
 from labelpilot.backends.yolo import YoloModel
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class Catalog:
         self.current = current
         self.store = current.store
         self._described: dict[str, tuple[str, tuple[LabelSpec, ...]]] = {}
+        self._versions: dict[str, DetectorFunction] = {}  # by model_version (key + version)
 
     def functions(self) -> list[CvatFunction]:
         out: list[CvatFunction] = []
@@ -126,25 +128,35 @@ class Catalog:
                 current = self.current.get(key)
                 if current is None:
                     continue
-                info = current.info()
-                task = str(info.get("task", "detect"))
-                source = info.get("trigger") or {}
-                count = int(info.get("keypoint_count") or 0)
-                if task == "pose" and not count:  # a version written before it was recorded
-                    count = self.models.get(str(current.weights)).keypoint_count
-                labels = model_labels(task, info.get("class_names") or [], count,
-                                      info.get("keypoint_names") or source.get("keypoint_names"))
+                out.append(self._trained(current))
             except (OSError, ValueError, KeyError, BackendError) as exc:
                 log.warning("model-store key '%s' is not served to CVAT: %s", key, exc)
-                continue
-            out.append(DetectorFunction(config.function_name(key), f"labelpilot {key}",
-                                        str(current.weights), task, labels,
-                                        current.model_version))
         if self.settings.sam:
             out.append(InteractorFunction(INTERACTOR_NAME, self.settings.sam))
         if self.settings.tracker:
             out.append(TrackerFunction())
         return out
+
+    def _trained(self, current: ModelVersion) -> DetectorFunction:
+        """A store version as a detector, its version.json read once per version."""
+        known = self._versions.get(current.model_version)
+        if known is not None:
+            return known
+        info = current.info()
+        task = str(info.get("task", "detect"))
+        source = info.get("trigger") or {}
+        count = int(info.get("keypoint_count") or 0)
+        if task == "pose" and not count:  # a version written before it was recorded
+            count = self.models.get(str(current.weights)).keypoint_count
+        labels = model_labels(task, info.get("class_names") or [], count,
+                              info.get("keypoint_names") or source.get("keypoint_names"))
+        function = DetectorFunction(config.function_name(current.key),
+                                    f"labelpilot {current.key}", str(current.weights), task,
+                                    labels, current.model_version)
+        if len(self._versions) >= 256:  # many versions promoted over time: start afresh
+            self._versions.clear()
+        self._versions[current.model_version] = function
+        return function
 
     def _configured(self, configured: config.ConfiguredModel) -> DetectorFunction:
         weights = self.locator.resolve(configured.ref)

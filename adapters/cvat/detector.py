@@ -33,6 +33,8 @@ class Roi:
 
     @classmethod
     def clipped(cls, values: Sequence[float], width: int, height: int) -> Roi:
+        if len(values) != 4 or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"roi {list(values)} must be 4 finite numbers [x1, y1, x2, y2]")
         x1, y1 = max(0, math.floor(values[0])), max(0, math.floor(values[1]))
         x2, y2 = min(width, math.ceil(values[2])), min(height, math.ceil(values[3]))
         if x2 <= x1 or y2 <= y1:

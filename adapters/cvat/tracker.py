@@ -188,7 +188,8 @@ def track(image: np.ndarray, state: dict[str, Any], current: TrackedShape | None
     if state.get("kind") not in (STATE_KIND, *_OLD_KINDS):
         raise TrackingError("the state was not made by this tracker (start tracking again)")
     height, width = image.shape[:2]
-    if list(state.get("image_size", [])) != [width, height]:
+    size_given = state.get("image_size", [])
+    if not isinstance(size_given, list | tuple) or list(size_given) != [width, height]:
         raise TrackingError(f"the frame is {width}x{height} but tracking started on a "
                             f"{state.get('image_size')} frame")
     try:
@@ -203,8 +204,12 @@ def track(image: np.ndarray, state: dict[str, Any], current: TrackedShape | None
     if not size and scale > 0:
         size = [tw / scale, th / scale]
     if not (0 < scale <= 1 and len(offset) == 2 and len(size) == 2 and min(size) > 0
-            and all(np.isfinite([*offset, *size]))):
+            and all(np.isfinite([*offset, *size]))
+            # the object fits in its own template (a forged size would blow the window up)
+            and scale * size[0] <= tw + 1 and scale * size[1] <= th + 1):
         raise TrackingError("the tracking state is inconsistent (start tracking again)")
+    if not all(np.isfinite(last.points)):
+        raise TrackingError("the shape's points must be finite numbers")
     x1, y1, x2, y2 = shape_box(last)
     bw, bh = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
     gray = _gray(image)
@@ -218,8 +223,8 @@ def track(image: np.ndarray, state: dict[str, Any], current: TrackedShape | None
         sx1, sy1, sx2, sy2 = _pixel_box((x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y),
                                         width, height)
         out_w, out_h = round((sx2 - sx1) * rx), round((sy2 - sy1) * ry)
-        if out_h < th or out_w < tw:
-            continue
+        if out_h < th or out_w < tw or out_w * out_h > 4 * width * height:
+            continue  # too small to hold the template, or a window larger than it can be
         window = cv2.resize(gray[sy1:sy2, sx1:sx2], (out_w, out_h),
                             interpolation=cv2.INTER_AREA if rx < 1 else cv2.INTER_LINEAR)
         scores = _scores(window, template)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from labelpilot.adapters.label_studio.client import LabelStudioClient
 from labelpilot.adapters.label_studio.image_source import ImageSource
 
 log = logging.getLogger(__name__)
+_RECHECK_S = 5.0  # how long a worker trusts its copy before looking for a newer /setup
 _KEY = "labelpilot:ls:project:{}"
 _TOKEN_KEY = "labelpilot:ls:token:{}"
 
@@ -62,6 +64,7 @@ class Connections:
         self._projects: dict[int, ProjectConnection] = {}
         self._sources: OrderedDict[tuple[str | None, str | None], ImageSource] = OrderedDict()
         self._max_sources = max_sources
+        self._checked: dict[int, float] = {}  # when each project was last read from Redis
         self._lock = threading.Lock()
 
     def remember(self, project_id: int | None, conn: ProjectConnection) -> None:
@@ -70,16 +73,23 @@ class Connections:
         if project_id is None:
             return
         known = self.get(project_id)
-        token = None if self.policy.token else conn.access_token or known.access_token
-        conn = ProjectConnection(conn.hostname or known.hostname, token,
-                                 conn.label_config or known.label_config)
+        hostname = conn.hostname or known.hostname
+        # a token is only ever sent back to the host it came with: a /setup that names another
+        # host without a token of its own does not inherit the old one
+        moved = hostname != known.hostname and known.hostname is not None
+        kept = None if moved else known.access_token
+        token = None if self.policy.token else conn.access_token or kept
+        conn = ProjectConnection(hostname, token, conn.label_config or known.label_config)
         with self._lock:
             self._projects[project_id] = conn
+            self._checked[project_id] = time.monotonic()
         try:
             self._redis.set(_KEY.format(project_id), json.dumps(
                 {"hostname": conn.hostname, "label_config": conn.label_config}), ex=30 * 86400)
             if token:
                 store_token(self._redis, project_id, token, self.policy.token_seconds)
+            elif moved:
+                self._redis.delete(_TOKEN_KEY.format(project_id))
         except redis.RedisError as exc:
             log.warning("could not store project %s connection in Redis: %s", project_id, exc)
 
@@ -88,9 +98,10 @@ class Connections:
             return ProjectConnection()
         with self._lock:
             known = self._projects.get(project_id)
-        if known is not None and (known.access_token or self.policy.token):
+            fresh = time.monotonic() - self._checked.get(project_id, -_RECHECK_S) < _RECHECK_S
+        if known is not None and (self.policy.token or (known.access_token and fresh)):
             return known
-        try:  # unknown here, or known without a token: another worker's /setup may have one
+        try:  # unknown here, known without a token, or a while ago: another worker's /setup
             raw, token = self._redis.mget(_KEY.format(project_id), _TOKEN_KEY.format(project_id))
         except redis.RedisError:
             return known or ProjectConnection()
@@ -101,11 +112,14 @@ class Connections:
             healed = self._heal(project_id, data, None if token else data.get("access_token"))
             data.pop("access_token")
             token = token or healed
-        conn = ProjectConnection(data.get("hostname"),
-                                 None if self.policy.token else _text(token),
+        hostname = data.get("hostname")
+        if not token and known is not None and known.hostname == hostname:
+            token = known.access_token  # Redis's copy expired: this worker's own still serves
+        conn = ProjectConnection(hostname, None if self.policy.token else _text(token),
                                  data.get("label_config"))
         with self._lock:
             self._projects[project_id] = conn
+            self._checked[project_id] = time.monotonic()
         return conn
 
     def _heal(self, project_id: int, data: dict[str, str | None], token: str | None

@@ -41,8 +41,9 @@ class TemplateTrackingFunction:
     def track(self, context: cvataa.TrackingFunctionShapeContext, pp_image: np.ndarray,
               state: dict[str, Any]) -> cvataa.TrackableShape | None:
         found, new_state = tracker.track(pp_image, state)
-        state.clear()
-        state.update(new_state)  # the agent keeps the object; cvat-sdk allows mutating it
+        if new_state is not state:  # a lost object keeps its state (the same object)
+            state.clear()
+            state.update(new_state)  # the agent keeps the object; cvat-sdk allows mutating it
         return cvataa.TrackableShape(type=found.type, points=found.points) if found else None
 
 
