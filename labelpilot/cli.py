@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import getpass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -206,6 +207,137 @@ def train(
     typer.echo(f"{queued.outcome}: job {queued.job_id} (see: labelpilot jobs)")
 
 
+@app.command("select")
+def select_command(
+    ctx: typer.Context,
+    ls_project: int = typer.Option(None, "--ls-project", help="Label Studio project id"),
+    cvat_task: int = typer.Option(None, "--cvat-task", help="CVAT task id (CVAT_URL + creds): "
+                                  "the batch becomes a new task in its project"),
+    count: int = typer.Option(20, "--count", help="how many tasks (frames) to select"),
+    strategy: str = typer.Option("balanced", help="balanced (uncertain, class-balanced, "
+                                 "diverse) | uncertainty (least confident first) | random"),
+    seed: int = typer.Option(0, help="seed of the random parts (ties, random)"),
+) -> None:
+    """Choose the unlabelled tasks to label next: in Label Studio they are marked (column
+    data.labelpilot_next, Data Manager tab "labelpilot: next to label"); in CVAT they become a
+    new task (one job) of the selected frames."""
+    from labelpilot.adapters.label_studio.client import LabelStudioApiError
+    from labelpilot.adapters.label_studio.connections import Connections
+    from labelpilot.adapters.label_studio.selection import select_tasks
+    from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
+    from labelpilot.redis_conn import connect
+    from labelpilot.runtime import control_defaults, model_locator, model_store, source_policy
+    from labelpilot.trainers.selection import SelectionError
+
+    settings = _settings(ctx)
+    connection = connect(settings)
+    progress = (lambda u: typer.echo(  # noqa: E731
+        f"  {u['phase']} {u.get('done', '')}/{u.get('total', '')}" if "done" in u
+        else f"  {u['phase']}: {u.get('selected', '')} selected", err=True))
+    if cvat_task is not None:
+        typer.echo(_select_cvat(settings, connection, cvat_task, count, strategy, seed,
+                                progress))
+        return
+    if ls_project is None:
+        raise typer.BadParameter("give --ls-project or --cvat-task")
+    try:
+        connections = Connections(connection, source_policy(settings))
+        connections.require_token(ls_project)
+        report = select_tasks(
+            ls_project, connections.image_source(ls_project),
+            model_store(settings, connection), model_locator(settings), count=count,
+            strategy=strategy, seed=seed, device=settings.device,
+            max_pixels=settings.max_image_pixels, defaults=control_defaults(settings),
+            progress=progress)
+    except (SelectionError, ValueError, LabelStudioApiError, ModelNotFoundError,
+            ModelLoadError) as exc:
+        typer.echo(f"cannot select: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(report.summary())
+
+
+def _select_cvat(settings: Settings, connection: Any, task: int, count: int, strategy: str,
+                 seed: int, progress: Callable[[dict[str, Any]], None]) -> str:
+    import urllib3
+    from cvat_sdk.api_client.exceptions import ApiException
+
+    from labelpilot.adapters.cvat.client import CvatConfigError, cvat_client
+    from labelpilot.adapters.cvat.selection import select_frames
+    from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
+    from labelpilot.runtime import control_defaults, cvat_access, model_locator, model_store
+    from labelpilot.trainers.selection import SelectionError
+
+    try:
+        report = select_frames(
+            cvat_client(cvat_access(settings)), task, model_store(settings, connection),
+            model_locator(settings), count=count, strategy=strategy, seed=seed,
+            device=settings.device, default_model=control_defaults(settings).model("detect"),
+            progress=progress)
+    except (SelectionError, CvatConfigError, ModelNotFoundError, ModelLoadError) as exc:
+        typer.echo(f"cannot select: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except ApiException as exc:
+        typer.echo(f"cannot select: CVAT answered {exc.status} {exc.reason} "
+                   f"({str(exc.body or '')[:200]})", err=True)
+        raise typer.Exit(2) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        typer.echo(f"cannot select: CVAT could not be reached: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return report.summary()
+
+
+@app.command("label-errors")
+def label_errors_command(
+    ctx: typer.Context,
+    ls_project: int = typer.Option(None, "--ls-project", help="Label Studio project id"),
+    cvat_task: int = typer.Option(None, "--cvat-task", help="CVAT task id (CVAT_URL + creds)"),
+    cvat_project: int = typer.Option(None, "--cvat-project", help="CVAT project id"),
+    folds: int = typer.Option(2, help="fold models (each trains on the other folds)"),
+    epochs: int = typer.Option(5, help="epochs per fold model, from the served weights"),
+    threshold: float = typer.Option(0.5, help="flag tasks scoring at least this (0..1)"),
+    wait: bool = typer.Option(False, help="run here and wait instead of queueing for a worker"),
+) -> None:
+    """Find annotations that are likely wrong (missing object, wrong class, sloppy box) and
+    mark them for review: in Label Studio the column data.labelpilot_review and the tab
+    "labelpilot: review"; in CVAT an issue on the frame and region."""
+    from labelpilot import jobs
+    from labelpilot.adapters.cvat.review import request_cvat_label_errors
+    from labelpilot.adapters.label_studio.review import request_label_errors
+    from labelpilot.redis_conn import connect
+    from labelpilot.trainers.label_error_job import ErrorParams
+
+    options = {"folds": folds, "epochs": epochs, "threshold": threshold}
+    try:
+        ErrorParams.from_mapping(options)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    cvat = ("task", cvat_task) if cvat_task is not None else (
+        ("project", cvat_project) if cvat_project is not None else None)
+    if cvat is None and ls_project is None:
+        raise typer.BadParameter("give --ls-project, --cvat-task or --cvat-project")
+    trigger = {"event": "CLI", "user": _user()}
+    if wait:
+        try:
+            if cvat is not None:
+                result = jobs.label_errors_cvat(cvat[0], cvat[1], trigger, options)
+            else:
+                result = jobs.label_errors_label_studio(ls_project, trigger, options)
+        except ValueError as exc:
+            typer.echo(f"cannot check: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        where = (f"{result['issues_opened']} CVAT issues opened" if cvat is not None else
+                 f"tab 'labelpilot: review', id {result['view']}")
+        typer.echo(f"checked {result['checked']} images, {result['flagged']} flagged for "
+                   f"review ({where})")
+        return
+    connection = connect(_settings(ctx))
+    queued = (request_cvat_label_errors(connection, jobs.CVAT_LABEL_ERRORS_JOB, cvat[0],
+                                        cvat[1], trigger, options) if cvat is not None else
+              request_label_errors(connection, jobs.LABEL_ERRORS_JOB, ls_project, trigger,
+                                   options))
+    typer.echo(f"{queued.outcome}: job {queued.job_id} (see: labelpilot jobs)")
+
+
 @app.command()
 def jobs(ctx: typer.Context,
          key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> None:
@@ -217,7 +349,11 @@ def jobs(ctx: typer.Context,
         meta = job["meta"]
         where = (f"epoch {meta.get('epoch')}/{meta.get('epochs')}"
                  if meta.get("phase") == "training" else meta.get("phase"))
+        if meta.get("fold") and meta.get("phase") in ("training", "predicting"):  # per fold
+            where = f"fold {meta['fold']}/{meta.get('folds')} {where}"
         extra = f" -> {meta['version']}" if meta.get("version") else ""
+        if meta.get("phase") == "done" and "flagged" in meta:
+            extra = f" -> {meta['flagged']} flagged for review"
         error = f"  {job['error'][0]}" if job["error"] and job["status"] == "failed" else ""
         typer.echo(f"{job['id']:<48} {job['status']:<10} {where}{extra}{error}")
 

@@ -13,6 +13,7 @@ import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -85,6 +86,19 @@ def choose_model(settings: Settings, requested: str | None) -> DemoModel:
     weights = ensure_shapes_model(REPO / ".cache" / "models", DEMO_RECIPE)
     return DemoModel(str(weights), "detection_shapes",
                      "half-trained YOLO11n for generated shapes (offline fallback)")
+
+
+def _uncertainty_sampling(admin: LabelStudioClient, project: int,
+                          predictions: list[dict[str, Any]]) -> str:
+    """Let Label Studio serve the least certain task first: Uncertainty sampling over the
+    newest labelpilot version's predictions (LS samples among one version's predictions)."""
+    if not predictions:
+        return ""
+    version = max(predictions, key=lambda p: int(p["id"]))["model_version"]
+    admin.patch(f"/api/projects/{project}", {"sampling": "Uncertainty sampling",
+                                              "model_version": version})
+    return ("\n  'Label All Tasks' serves the least certain task first (Uncertainty sampling "
+            f"over\n  {version}'s predictions).")
 
 
 def _find_project(admin: LabelStudioClient, title: str = PROJECT_TITLE) -> int | None:
@@ -167,6 +181,7 @@ def run_demo(settings: Settings, ls_port: int = 18080, backend_port: int = 9090,
         tasks = admin.tasks(project)
         predictions = admin.predictions(project)
         regions = sum(len(p["result"]) for p in predictions)
+        sampling = _uncertainty_sampling(admin, project, predictions)
         summary: dict[str, object] = {
             "label_studio": ls.url, "project": project, "tasks": len(tasks),
             "predictions": len(predictions), "regions": regions, "model": chosen.description,
@@ -182,7 +197,8 @@ def run_demo(settings: Settings, ls_port: int = 18080, backend_port: int = 9090,
                  open a task, switch on Auto-Annotation, pick the smart keypoint tool and a
                  label, click an object: the mask comes back as a suggestion
 
-  Open a task to see the boxes; sort by "Prediction score" to see the least certain first.
+  Open a task to see the boxes; sort by "Prediction score" (ascending) to see the least
+  certain first: the score is the model's confidence. {sampling}
   Label some tasks, then Settings > Model > Start training; follow it with
   `.venv/bin/labelpilot jobs`. The better version then serves (`labelpilot models list`).
   Press Ctrl+C to stop.

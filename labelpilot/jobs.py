@@ -8,6 +8,7 @@ never import this module: whoever enqueues is handed the job's name.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +18,11 @@ if TYPE_CHECKING:
     from labelpilot.adapters.cvat.webhook import TrainingRequest
     from labelpilot.adapters.label_studio.blueprint import TrainingHook
 
+log = logging.getLogger(__name__)
 LABEL_STUDIO_JOB = "labelpilot.jobs.train_label_studio"
 CVAT_JOB = "labelpilot.jobs.train_cvat"
+LABEL_ERRORS_JOB = "labelpilot.jobs.label_errors_label_studio"
+CVAT_LABEL_ERRORS_JOB = "labelpilot.jobs.label_errors_cvat"
 
 
 def job_connection() -> redis.Redis:
@@ -53,6 +57,56 @@ def train_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -
                              defaults=control_defaults(settings))
     finally:
         training_ended(connection, project_id, policy.token_seconds)
+
+
+def label_errors_label_studio(project_id: int, trigger: dict[str, Any] | None = None,
+                              options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Find the likely wrong annotations of an LS project and mark them for review."""
+    from labelpilot.adapters.label_studio.connections import Connections
+    from labelpilot.adapters.label_studio.review import LabelStudioReview
+    from labelpilot.adapters.label_studio.training import LabelStudioSource, training_ended
+    from labelpilot.runtime import control_defaults, model_locator, model_store, source_policy
+    from labelpilot.settings import load_settings
+    from labelpilot.trainers.label_error_job import ErrorParams, run_label_error_job
+
+    settings = load_settings()
+    connection = job_connection()
+    policy = source_policy(settings)
+    params = ErrorParams.from_mapping(options or {})
+    try:
+        connections = Connections(connection, policy)
+        connections.require_token(project_id)
+        images = connections.image_source(project_id)
+        source = LabelStudioSource(project_id, images, settings.max_image_pixels,
+                                   control_defaults(settings))
+        log.info("label errors ls-%s (trigger %s)", project_id, trigger)
+        return run_label_error_job(source, LabelStudioReview(images.api, project_id),
+                                   connection, model_store(settings, connection), params,
+                                   locator=model_locator(settings), device=settings.device)
+    finally:
+        training_ended(connection, project_id, policy.token_seconds)
+
+
+def label_errors_cvat(kind: str, ident: int, trigger: dict[str, Any] | None = None,
+                      options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Find the likely wrong labels of a CVAT task or project and open issues on them."""
+    from labelpilot.adapters.cvat.client import cvat_client
+    from labelpilot.adapters.cvat.review import CvatReview
+    from labelpilot.adapters.cvat.training import CvatSource
+    from labelpilot.runtime import cvat_access, model_locator, model_store
+    from labelpilot.settings import load_settings
+    from labelpilot.trainers.label_error_job import ErrorParams, run_label_error_job
+
+    settings = load_settings()
+    connection = job_connection()
+    params = ErrorParams.from_mapping(options or {})
+    connect = partial(cvat_client, cvat_access(settings))
+    source = CvatSource(kind, int(ident), connect, task_type="detect",
+                        default_models=settings.task_models_set())
+    log.info("label errors cvat-%s-%s (trigger %s)", kind, ident, trigger)
+    return run_label_error_job(source, CvatReview(connect()), connection,
+                               model_store(settings, connection), params,
+                               locator=model_locator(settings), device=settings.device)
 
 
 def train_cvat(kind: str, ident: int, trigger: dict[str, Any] | None = None,

@@ -79,4 +79,6 @@ def test_demo_sets_up_label_studio_with_pre_annotations(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "weight downloads are off" in result.stderr and "Offline fallback" in result.stderr
     assert "tasks          31, with pre-annotations: 31" in result.stdout
+    # Label Studio serves the least certain task first, among labelpilot's predictions
+    assert "serves the least certain task first (Uncertainty sampling" in result.stdout
     assert "admin@example.com / labelpilot-demo" in result.stdout

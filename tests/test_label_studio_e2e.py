@@ -95,7 +95,7 @@ def test_predictions_in_label_studio_match_the_model_and_the_truth(ls_admin, pro
                 r["value"]["rectanglelabels"] == [gt.class_name.capitalize()]
                 and iou(ls_box(r), (gt.x1, gt.y1, gt.x2, gt.y2)) > 0.5 for r in regions)
         assert prediction["score"] == pytest.approx(
-            1 - sum(r["score"] for r in regions) / len(regions) if regions else 1.0, abs=1e-3)
+            sum(r["score"] for r in regions) / len(regions) if regions else 0.0, abs=1e-3)
     assert matched / total >= 0.8, f"only {matched}/{total} ground-truth shapes found"
 
 
@@ -103,6 +103,29 @@ def test_retrieving_again_does_not_duplicate(ls_admin, project):
     before = len(ls_admin.predictions(project["id"]))
     ls_admin.retrieve_predictions(project["id"])
     assert len(ls_admin.predictions(project["id"])) == before
+
+
+def test_uncertainty_sampling_serves_the_least_confident_task_first(ls_admin, project):
+    """LS reads `score` as confidence: its Uncertainty sampling serves the lowest one first."""
+    pid = project["id"]
+    scores = {p["task"]: p["score"] for p in ls_admin.predictions(pid)}
+    assert len(set(scores.values())) > 1, "equal scores would make any order pass"
+    (version,) = {p["model_version"] for p in ls_admin.predictions(pid)}
+    # LS samples among the predictions of the version the project uses (Settings > Annotation
+    # > "Use predictions to prelabel tasks"); connecting a backend sets its title there, which
+    # no prediction carries, so the admin picks labelpilot's version, as done here
+    before = ls_admin.project(pid)["model_version"]
+    assert before == "labelpilot", before  # the backend's title: README says what to pick
+    ls_admin.patch(f"/api/projects/{pid}", {"sampling": "Uncertainty sampling",
+                                            "model_version": version})
+    try:
+        served = ls_admin.get(f"/api/projects/{pid}/next")
+        assert scores[served["id"]] == min(scores.values()), (served["id"], scores)
+        most_sure = max(scores, key=lambda t: scores[t])
+        assert served["id"] != most_sure
+    finally:
+        ls_admin.patch(f"/api/projects/{pid}", {"sampling": "Sequential sampling",
+                                                "model_version": before})
 
 
 def test_annotation_and_start_training_webhooks_are_recorded(ls_admin, project, redis_url):

@@ -96,8 +96,10 @@ def test_choices_take_best_mapped_class_over_threshold():
     assert control_results(c, low) == []
 
 
-def test_task_score_is_higher_for_less_certain_predictions():
+def test_task_score_is_the_confidence_label_studio_sorts_ascending():
     sure = task_score([{"score": 0.95}, {"score": 0.9}])
     unsure = task_score([{"score": 0.3}, {"score": 0.5}])
-    assert unsure > sure
-    assert task_score([]) == 1.0
+    assert sure == pytest.approx(0.925) and unsure == pytest.approx(0.4)
+    assert unsure < sure  # LS's uncertainty sampling serves the lowest score first
+    assert task_score([]) == 0.0  # nothing found: no confidence
+    assert task_score([{"id": "no score"}, {"score": 0.5}]) == 0.5

@@ -13,7 +13,7 @@ answers and broken reads only for idempotent methods. A POST Label Studio may ha
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,3 +202,43 @@ class LabelStudioClient:
     def tasks(self, project: int) -> list[dict[str, Any]]:
         body = self.get("/api/tasks", {"project": project, "page_size": 1000, "fields": "all"})
         return list(body["tasks"] if isinstance(body, dict) else body)
+
+    def iter_tasks(self, project: int, *, page_size: int = 200,
+                   view: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every task of a project (or of a Data Manager `view`, in its order), page by page."""
+        params: dict[str, Any] = {"project": project, "page_size": page_size, "fields": "all"}
+        if view is not None:
+            params["view"] = view
+        page, seen = 1, 0
+        while True:
+            response = self.request("GET", "/api/tasks", params={**params, "page": page})
+            if response.status_code == 404 and page > 1:  # past the last page
+                return
+            if not 200 <= response.status_code < 300:
+                raise LabelStudioApiError(f"Label Studio answered {response.status_code} for "
+                                          f"GET /api/tasks: {response.text[:200]}",
+                                          response.status_code)
+            body = response.json()
+            tasks = list(body["tasks"] if isinstance(body, dict) else body)
+            total = int(body.get("total", 0)) if isinstance(body, dict) else len(tasks)
+            yield from tasks
+            seen += len(tasks)
+            if not tasks or seen >= total or not isinstance(body, dict):
+                return
+            page += 1
+
+    def update_task_data(self, task: int, data: Mapping[str, Any]) -> None:
+        """Replace a task's data (LS keeps its annotations and predictions)."""
+        self.patch(f"/api/tasks/{task}", {"data": dict(data)})
+
+    def save_view(self, project: int, title: str, data: Mapping[str, Any]) -> int:
+        """A Data Manager tab of the project titled `title`, created or updated to `data`
+        (filters, ordering, columns); returns its id."""
+        for view in self.get("/api/dm/views", {"project": project}) or []:
+            if (view.get("data") or {}).get("title") == title:
+                self.patch(f"/api/dm/views/{view['id']}",
+                           {"project": project, "data": {**dict(data), "title": title}})
+                return int(view["id"])
+        created = self.post("/api/dm/views",
+                            {"project": project, "data": {**dict(data), "title": title}})
+        return int(created["id"])

@@ -134,12 +134,14 @@ def _choices(control: ControlSpec, prediction: Prediction) -> list[dict[str, Any
 
 
 def task_score(regions: Iterable[dict[str, Any]]) -> float:
-    """Uncertainty of a task's prediction: 1 − mean region confidence (1.0 when nothing found).
+    """The model's confidence for a task, in Label Studio's convention: the mean confidence of
+    the regions it predicted, and 0.0 when it found nothing (nothing found is no confidence).
 
-    Higher means less certain, so sorting the Data Manager by prediction score (descending)
-    puts the tasks most worth labelling first.
+    Label Studio reads a prediction's `score` as confidence: its prediction tab shows it as a
+    percentage, and its *Uncertainty sampling* serves the task with the lowest score first
+    (ascending), so the least certain tasks are labelled first.
     """
     scores = [float(r["score"]) for r in regions if "score" in r]
     if not scores:
-        return 1.0
-    return round(1.0 - sum(scores) / len(scores), 4)
+        return 0.0
+    return round(sum(scores) / len(scores), 4)

@@ -1,0 +1,250 @@
+"""`labelpilot select --cvat-task N`: which unlabelled frames of a CVAT task to label next.
+
+CVAT cannot add an annotation job over chosen frames of an existing task (only ground-truth
+jobs take a frame list, and their labels stay out of the task's annotations), so the batch
+becomes a new task in the same project (or with the same labels): its one job holds the
+selected frames in the order to label them, each named after its source frame
+(`t<task>-f<frame>_<name>`). `labelpilot train --cvat-project P` learns from it with the rest.
+
+Reads go through cvat-sdk's API client as raw JSON (robust across CVAT versions), the new
+task's images through cvat-sdk's uploader.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from labelpilot.adapters.cvat.annotations import by_frame, label_infos, text_value
+from labelpilot.adapters.cvat.training import store_key
+from labelpilot.backends.images import ImageError, decode_image
+from labelpilot.backends.model_ref import ModelLocator
+from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.yolo_scoring import ImageScore, YoloScorer
+from labelpilot.trainers.selection import SelectionError, select
+
+log = logging.getLogger(__name__)
+SCORE_CHUNK = 16
+MAX_CANDIDATES = 1000  # frames scored at most; a longer task is sampled evenly
+Progress = Callable[[dict[str, Any]], None]
+_LABEL_FIELDS = ("name", "color", "type", "attributes")
+
+
+@dataclass(frozen=True)
+class CvatSelectionReport:
+    task: int
+    strategy: str
+    model_version: str
+    candidates: int  # unlabelled frames scored
+    frames: list[int]  # selected source frames, label the first one first
+    new_task: int | None = None
+    new_job: int | None = None
+    skipped: dict[int, str] = field(default_factory=dict)
+    labelled_classes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"CVAT task {self.task}: {len(self.frames)} of {self.candidates} unlabelled "
+                 f"frames selected ({self.strategy}, model {self.model_version}, "
+                 f"{self.seconds:.1f} s)",
+                 f"  labelled so far: {dict(self.labelled_classes) or 'nothing'}",
+                 f"  frames, in order: {self.frames}",
+                 f"  in CVAT: new task {self.new_task}, job {self.new_job}, with these frames "
+                 "in this order"]
+        if self.skipped:
+            lines.append(f"  left out ({len(self.skipped)}): " + "; ".join(
+                f"frame {f}: {why}" for f, why in list(self.skipped.items())[:5]))
+        return "\n".join(lines)
+
+
+def _json(response: Any) -> Any:
+    return json.loads(response.data)
+
+
+def _pages(call: Any, **filters: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        _, response = call(page=page, page_size=100, _parse_response=False, **filters)
+        body = _json(response)
+        out.extend(body.get("results") or [])
+        if not body.get("next"):
+            return out
+        page += 1
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What selection needs to know about a CVAT task."""
+
+    task: dict[str, Any]
+    labels: list[dict[str, Any]]
+    frame_names: list[str]
+    unlabelled: list[int]
+    labelled_classes: dict[str, int]
+
+
+def read_task(api: Any, task_id: int) -> TaskState:
+    _, response = api.tasks_api.retrieve(task_id, _parse_response=False)
+    task = _json(response)
+    labels = _pages(api.labels_api.list, task_id=task_id)
+    _, response = api.tasks_api.retrieve_data_meta(task_id, _parse_response=False)
+    meta = _json(response)
+    _, response = api.tasks_api.retrieve_annotations(task_id, _parse_response=False)
+    frames = by_frame(_json(response))
+    infos = label_infos(labels)
+    completed: set[int] = set()
+    for job in _pages(api.jobs_api.list, task_id=task_id):
+        if text_value(job.get("state", "")) == "completed":
+            completed.update(range(int(job["start_frame"]), int(job["stop_frame"]) + 1))
+    size = int(meta.get("size") or task.get("size") or 0)
+    deleted = set(meta.get("deleted_frames") or [])
+    names = [str(f.get("name", i)) for i, f in enumerate(meta.get("frames") or [])]
+    unlabelled = [i for i in range(size) if i not in frames and i not in completed
+                  and i not in deleted]
+    counts: Counter[str] = Counter()
+    for frame in frames.values():
+        for shape in frame.shapes:
+            info = infos.get(int(shape["label_id"]))
+            if info is not None and text_value(shape.get("type")) == "rectangle":
+                counts[info.name] += 1
+    return TaskState(task, labels, names, unlabelled,
+                     {info.name: counts.get(info.name, 0) for info in infos.values()})
+
+
+def evenly(items: Sequence[int], limit: int) -> list[int]:
+    if len(items) <= limit:
+        return list(items)
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def served_weights(task: Mapping[str, Any], store: ModelStore, locator: ModelLocator,
+                   default_model: str) -> tuple[str, str]:
+    """The task's own trained detector, else its project's, else the default detect model."""
+    keys = [store_key("task", int(task["id"]))]
+    if task.get("project_id"):
+        keys.append(store_key("project", int(task["project_id"])))
+    for key in keys:
+        current = store.current(key)
+        if current is not None:
+            return str(current.weights), current.model_version
+    weights = locator.resolve(default_model)
+    return weights, weights.rsplit("/", 1)[-1]
+
+
+def score_frames(api: Any, task_id: int, frames: Sequence[int], scorer: YoloScorer,
+                 conf: float, progress: Progress) -> tuple[list[int], list[ImageScore],
+                                                           dict[int, str]]:
+    kept: list[int] = []
+    scores: list[ImageScore] = []
+    skipped: dict[int, str] = {}
+    for start in range(0, len(frames), SCORE_CHUNK):
+        chunk, pixels = [], []
+        for frame in frames[start:start + SCORE_CHUNK]:
+            _, response = api.tasks_api.retrieve_data(task_id, type="frame", number=frame,
+                                                      quality="original",
+                                                      _parse_response=False)
+            try:
+                pixels.append(decode_image(response.data))
+                chunk.append(frame)
+            except ImageError as exc:
+                skipped[frame] = str(exc)
+        kept.extend(chunk)
+        scores.extend(scorer.score(pixels, conf=conf))
+        progress({"phase": "scoring", "done": min(start + SCORE_CHUNK, len(frames)),
+                  "total": len(frames)})
+    return kept, scores, skipped
+
+
+def create_batch_task(client: Any, state: TaskState, frames: Sequence[int],
+                      images: Mapping[int, Path], timeout: float = 600) -> tuple[int, int]:
+    """A new task holding `frames` in this order (one job); returns (task id, job id)."""
+    from cvat_sdk.api_client import models
+    from cvat_sdk.core.uploading import DataUploader
+
+    api = client.api_client
+    task = state.task
+    spec: dict[str, Any] = {"name": f"{task.get('name', task['id'])} · next {len(frames)} "
+                            "(labelpilot)", "segment_size": max(len(frames), 1)}
+    if task.get("project_id"):
+        spec["project_id"] = int(task["project_id"])
+    else:
+        spec["labels"] = [models.PatchedLabelRequest(**{k: v for k, v in label.items()
+                                                         if k in _LABEL_FIELDS})
+                          for label in state.labels]
+    _, response = api.tasks_api.create(models.TaskWriteRequest(**spec), _parse_response=False)
+    created = _json(response)
+    new_id = int(created["id"])
+    url = client.api_map.make_endpoint_url(api.tasks_api.create_data_endpoint.path,
+                                           kwsub={"id": new_id})
+    uploaded = DataUploader(client).upload_files(
+        url, [images[f] for f in frames], image_quality=95, sorting_method="predefined")
+    rq_id = json.loads(uploaded.data).get("rq_id")
+    deadline = time.monotonic() + timeout
+    while rq_id and time.monotonic() < deadline:
+        _, response = api.requests_api.retrieve(rq_id, _parse_response=False)
+        status = text_value(_json(response).get("status"))
+        if status == "finished":
+            break
+        if status == "failed":
+            raise SelectionError(f"CVAT could not create the batch task {new_id}: "
+                                 f"{_json(response).get('message')}")
+        time.sleep(0.5)
+    jobs = _pages(api.jobs_api.list, task_id=new_id)
+    job = next((int(j["id"]) for j in jobs if j.get("type", "annotation") == "annotation"), 0)
+    return new_id, job
+
+
+def select_frames(client: Any, task_id: int, store: ModelStore, locator: ModelLocator, *,
+                  count: int, default_model: str, strategy: str = "balanced", seed: int = 0,
+                  device: str = "", conf: float = 0.05, max_candidates: int = MAX_CANDIDATES,
+                  progress: Progress | None = None) -> CvatSelectionReport:
+    """Score the task's unlabelled frames with the served detector, pick `count`, and put
+    them in a new task (one job) to label next."""
+    began = time.monotonic()
+    report = progress or (lambda update: log.info("select cvat-task-%s: %s", task_id, update))
+    if count < 1:
+        raise SelectionError(f"--count must be at least 1 (got {count})")
+    api = client.api_client
+    state = read_task(api, task_id)
+    if not state.unlabelled:
+        raise SelectionError(f"CVAT task {task_id} has no unlabelled frames to select from")
+    candidates = evenly(state.unlabelled, max_candidates)
+    weights, version = served_weights(state.task, store, locator, default_model)
+    scorer = YoloScorer(weights, device=device)
+    report({"phase": "scoring", "done": 0, "total": len(candidates), "model": version})
+    kept, scores, skipped = score_frames(api, task_id, candidates, scorer, conf, report)
+    if not kept:
+        raise SelectionError(f"none of the {len(candidates)} unlabelled frames of CVAT task "
+                             f"{task_id} could be decoded")
+    by_lower = {name.lower(): n for name, n in state.labelled_classes.items()}
+    counts = {c: by_lower.get(c.lower(), 0) for c in scorer.class_names}
+    order = select(scores, min(count, len(kept)), strategy=strategy,
+                   class_names=scorer.class_names, labelled_class_counts=counts, seed=seed)
+    chosen = [kept[i] for i in order]
+    report({"phase": "creating task", "selected": len(chosen)})
+    with tempfile.TemporaryDirectory(prefix=f"cvat-select-{task_id}-") as tmp:
+        images: dict[int, Path] = {}
+        for rank, frame in enumerate(chosen):
+            _, response = api.tasks_api.retrieve_data(task_id, type="frame", number=frame,
+                                                      quality="original",
+                                                      _parse_response=False)
+            name = Path(state.frame_names[frame] if frame < len(state.frame_names)
+                        else str(frame)).stem
+            path = Path(tmp) / f"{rank:05d}_t{task_id}-f{frame}_{name}.png"
+            cv2.imwrite(str(path), decode_image(response.data))
+            images[frame] = path
+        new_task, new_job = create_batch_task(client, state, chosen, images)
+    return CvatSelectionReport(task_id, strategy, version, len(kept), chosen, new_task,
+                               new_job, skipped, state.labelled_classes,
+                               round(time.monotonic() - began, 2))
