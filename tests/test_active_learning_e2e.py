@@ -72,6 +72,9 @@ def marks(ls_admin, pid: int) -> dict[int, int]:
 def view_order(ls_admin, pid: int) -> list[int]:
     views = ls_admin.get("/api/dm/views", {"project": pid})
     (view,) = [v for v in views if v["data"]["title"] == NEXT_VIEW]
+    hidden = view["data"]["hiddenColumns"]["explore"]  # LS's bookkeeping, not the task's data
+    assert "tasks:inner_id" in hidden and "tasks:predictions_results" in hidden
+    assert "tasks:data.image" not in hidden and f"tasks:data.{NEXT_FIELD}" not in hidden
     return [t["id"] for t in ls_admin.iter_tasks(pid, view=view["id"])]
 
 
@@ -88,6 +91,11 @@ def test_select_marks_the_next_batch_on_unlabelled_tasks(ls_admin, cli_env, tmp_
     assert sorted(first.values()) == [1, 2, 3, 4, 5]
     assert not set(first) & labelled, "labelled tasks are never selected"
     assert view_order(ls_admin, pid) == sorted(first, key=lambda t: first[t])
+    # "Label All Tasks" from the tab hands out the batch in rank order (LS's Data Manager queue)
+    views = ls_admin.get("/api/dm/views", {"project": pid})
+    tab = next(v["id"] for v in views if v["data"]["title"] == NEXT_VIEW)
+    assert ls_admin.get(f"/api/projects/{pid}/next", {"view": tab})["id"] == \
+        min(first, key=lambda t: first[t])
 
     # a new, smaller batch replaces the old marks: the tab shows only the latest
     again = labelpilot(cli_env, "select", "--ls-project", str(pid), "--count", "2",

@@ -46,7 +46,8 @@ class LabelStudioReview:
         counts = mark_tasks(self.api, self.api.iter_tasks(self.project_id), values,
                             (REVIEW_FIELD, REVIEW_REASON_FIELD))
         view = save_ranked_view(self.api, self.project_id, REVIEW_VIEW, REVIEW_FIELD,
-                                minimum=threshold, descending=True)
+                                minimum=threshold, descending=True,
+                                shown=(REVIEW_REASON_FIELD,))
         flagged = [t for t, v in values.items() if v[REVIEW_FIELD] >= threshold]
         flagged.sort(key=lambda t: -values[t][REVIEW_FIELD])
         return {"project": self.project_id, "view": view, "review_tasks": flagged,

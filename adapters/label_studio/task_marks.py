@@ -53,15 +53,39 @@ def mark_tasks(api: LabelStudioClient, tasks: Iterable[Mapping[str, Any]],
     return MarkCounts(marked, cleared, unchanged)
 
 
+LABELPILOT_FIELDS = (NEXT_FIELD, REVIEW_FIELD, REVIEW_REASON_FIELD)
+KEPT_COLUMNS = ("tasks:id", "tasks:annotators")  # beside the task's own data
+
+
+def hidden_columns(api: LabelStudioClient, project: int, shown: Sequence[str]) -> list[str]:
+    """The Data Manager columns a labelpilot tab hides: LS's bookkeeping columns and the other
+    labelpilot fields, so the task's data and the `shown` fields fit on the screen."""
+    columns = (api.get("/api/dm/columns", {"project": project}) or {}).get("columns") or []
+    hidden = []
+    for column in columns:
+        parent, name = column.get("parent"), str(column.get("id"))
+        key = f"tasks:{parent}.{name}" if parent else f"tasks:{name}"
+        if parent == "data":
+            if name in LABELPILOT_FIELDS and name not in shown:
+                hidden.append(key)
+        elif key not in KEPT_COLUMNS and not column.get("children"):
+            hidden.append(key)
+    return hidden
+
+
 def save_ranked_view(api: LabelStudioClient, project: int, title: str, field: str, *,
-                     minimum: float, descending: bool = False) -> int:
+                     minimum: float, descending: bool = False,
+                     shown: Sequence[str] = ()) -> int:
     """A Data Manager tab listing the tasks whose `field` is at least `minimum`, ordered by
-    it; returns the tab's id. (LS 1.23's `exists` filter on a Number data column matches only
-    the value 1, so the tab filters by value.)"""
+    it, showing the task's data, `field` and `shown`; returns the tab's id. (LS 1.23's
+    `exists` filter on a Number data column matches only the value 1, so the tab filters by
+    value.)"""
     column = f"tasks:data.{field}"
     item = {"filter": f"filter:{column}", "type": "Number", "operator": "greater_or_equal",
             "value": minimum}
+    hidden = hidden_columns(api, project, (field, *shown))
     return api.save_view(project, title, {
         "filters": {"conjunction": "and", "items": [item]},
         "ordering": [f"-{column}" if descending else column],
+        "hiddenColumns": {"explore": hidden, "labeling": hidden},
     })
