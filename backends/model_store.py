@@ -15,12 +15,14 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from labelpilot.backends.model_ref import ModelLocator
 
 log = logging.getLogger(__name__)
 UPDATES_CHANNEL = "labelpilot:model-updates"
@@ -144,3 +146,15 @@ class ModelStore:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+
+def serving_weights(store: ModelStore, keys: Sequence[str], locator: ModelLocator,
+                    default_ref: str) -> tuple[str, str]:
+    """(weights, model_version) that serve now: the promoted version of the first of `keys`
+    that has one, else `default_ref` as `locator` resolves it (`ModelNotFoundError` when it
+    cannot be) — the same pair the Label Studio predictor reports for a control."""
+    for key in keys:
+        current = store.current(key)
+        if current is not None:
+            return str(current.weights), current.model_version
+    return locator.resolve(default_ref), locator.version(default_ref)

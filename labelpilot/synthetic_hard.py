@@ -18,7 +18,8 @@ import random
 import cv2
 import numpy as np
 
-from labelpilot.synthetic import CLASS_COLORS, CLASSES, ShapeBox, ShapeImage
+# the easy set's own drawing and spacing rules: the same shapes, only the scene is harder
+from labelpilot.synthetic import CLASS_COLORS, CLASSES, ShapeBox, ShapeImage, _draw, _overlap
 
 CLASS_WEIGHTS = {"circle": 0.6, "square": 0.3, "triangle": 0.1}
 OFF_COLOR_RATE = 0.25
@@ -41,7 +42,7 @@ def make_hard_image(rng: random.Random, size: int = 160, max_objects: int = 4,
         x1, y1 = rng.randint(1, size - side - 1), rng.randint(1, size - side - 1)
         name = rng.choices(CLASSES, weights=[CLASS_WEIGHTS[c] for c in CLASSES])[0]
         box = ShapeBox(name, x1, y1, x1 + side, y1 + side)
-        if any(_overlap(box, b) for b in boxes):
+        if any(_overlap(box, b, margin=3) for b in boxes):
             continue
         _draw(image, box, _color(rng, name))
         boxes.append(box)
@@ -101,19 +102,3 @@ def _distractor(image: np.ndarray, rng: random.Random, size: int) -> None:
         radii = np.array([r * rng.uniform(0.3, 1.0) for _ in range(7)])
         pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
         cv2.fillPoly(image, [pts.astype(np.int32)], color)
-
-
-def _overlap(a: ShapeBox, b: ShapeBox, margin: float = 3) -> bool:
-    return not (a.x2 + margin < b.x1 or b.x2 + margin < a.x1 or
-                a.y2 + margin < b.y1 or b.y2 + margin < a.y1)
-
-
-def _draw(image: np.ndarray, box: ShapeBox, color: tuple[int, int, int]) -> None:
-    x1, y1, x2, y2 = (int(v) for v in (box.x1, box.y1, box.x2, box.y2))
-    if box.class_name == "circle":
-        cv2.circle(image, ((x1 + x2) // 2, (y1 + y2) // 2), (x2 - x1) // 2, color, -1)
-    elif box.class_name == "square":
-        cv2.rectangle(image, (x1, y1), (x2, y2), color, -1)
-    else:
-        pts = np.array([[(x1 + x2) // 2, y1], [x2, y2], [x1, y2]], dtype=np.int32)
-        cv2.fillPoly(image, [pts], color)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,3 +44,22 @@ def cvat_client(access: CvatAccess) -> Any:
     if access.organization:
         client.organization_slug = access.organization
     return client
+
+
+def json_body(response: Any) -> Any:
+    """The JSON of a cvat-sdk call made with `_parse_response=False` (raw JSON is robust
+    across CVAT versions, where the SDK's models insist on every field of their own)."""
+    return json.loads(response.data)
+
+
+def json_pages(call: Any, **filters: Any) -> list[dict[str, Any]]:
+    """Every result of a paginated CVAT list endpoint (`call`: e.g. `api.jobs_api.list`)."""
+    out: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        _, response = call(page=page, page_size=100, _parse_response=False, **filters)
+        body = json_body(response)
+        out.extend(body.get("results") or [])
+        if not body.get("next"):
+            return out
+        page += 1

@@ -4,12 +4,12 @@ the frame itself. Issues labelpilot opened before are not opened twice."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
+from labelpilot.adapters.cvat.client import json_pages
 from labelpilot.adapters.cvat.training import store_key
 from labelpilot.backends.shapes import BBox
 from labelpilot.trainers import queue
@@ -19,23 +19,6 @@ from labelpilot.trainers.samples import Sample
 
 ISSUE_PREFIX = "labelpilot: "
 MAX_ISSUES_PER_FRAME = 3
-
-
-def _json(response: Any) -> Any:
-    return json.loads(response.data)
-
-
-def _pages(call: Any, **filters: Any) -> list[dict[str, Any]]:
-    """Every result of a paginated CVAT list endpoint (raw JSON: robust across versions)."""
-    out: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        _, response = call(page=page, page_size=100, _parse_response=False, **filters)
-        body = _json(response)
-        out.extend(body.get("results") or [])
-        if not body.get("next"):
-            return out
-        page += 1
 
 
 def issue_box(finding: Finding, sample: Sample) -> BBox:
@@ -56,7 +39,7 @@ class CvatReview:
 
     def job_for(self, task: int, frame: int) -> int:
         if task not in self._jobs:
-            jobs = _pages(self.client.api_client.jobs_api.list, task_id=task)
+            jobs = json_pages(self.client.api_client.jobs_api.list, task_id=task)
             self._jobs[task] = [j for j in jobs if j.get("type", "annotation") == "annotation"]
         for job in self._jobs[task]:
             if int(job["start_frame"]) <= frame <= int(job["stop_frame"]):
@@ -64,7 +47,7 @@ class CvatReview:
         raise ValueError(f"CVAT task {task} has no annotation job with frame {frame}")
 
     def existing(self, job: int) -> set[tuple[int, str]]:
-        issues = _pages(self.client.api_client.issues_api.list, job_id=job)
+        issues = json_pages(self.client.api_client.issues_api.list, job_id=job)
         return {(int(i["frame"]), str(i.get("message") or "")) for i in issues}
 
     def publish(self, samples: Sequence[Sample], report: LabelErrorReport,

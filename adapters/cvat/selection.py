@@ -12,7 +12,6 @@ task's images through cvat-sdk's uploader.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -25,10 +24,11 @@ from typing import Any
 import cv2
 
 from labelpilot.adapters.cvat.annotations import by_frame, label_infos, text_value
+from labelpilot.adapters.cvat.client import json_body, json_pages
 from labelpilot.adapters.cvat.training import store_key
 from labelpilot.backends.images import ImageError, decode_image
 from labelpilot.backends.model_ref import ModelLocator
-from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.model_store import ModelStore, serving_weights
 from labelpilot.backends.yolo_scoring import ImageScore, YoloScorer
 from labelpilot.trainers.selection import SelectionError, select
 
@@ -66,22 +66,6 @@ class CvatSelectionReport:
         return "\n".join(lines)
 
 
-def _json(response: Any) -> Any:
-    return json.loads(response.data)
-
-
-def _pages(call: Any, **filters: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        _, response = call(page=page, page_size=100, _parse_response=False, **filters)
-        body = _json(response)
-        out.extend(body.get("results") or [])
-        if not body.get("next"):
-            return out
-        page += 1
-
-
 @dataclass(frozen=True)
 class TaskState:
     """What selection needs to know about a CVAT task."""
@@ -95,15 +79,15 @@ class TaskState:
 
 def read_task(api: Any, task_id: int) -> TaskState:
     _, response = api.tasks_api.retrieve(task_id, _parse_response=False)
-    task = _json(response)
-    labels = _pages(api.labels_api.list, task_id=task_id)
+    task = json_body(response)
+    labels = json_pages(api.labels_api.list, task_id=task_id)
     _, response = api.tasks_api.retrieve_data_meta(task_id, _parse_response=False)
-    meta = _json(response)
+    meta = json_body(response)
     _, response = api.tasks_api.retrieve_annotations(task_id, _parse_response=False)
-    frames = by_frame(_json(response))
+    frames = by_frame(json_body(response))
     infos = label_infos(labels)
     completed: set[int] = set()
-    for job in _pages(api.jobs_api.list, task_id=task_id):
+    for job in json_pages(api.jobs_api.list, task_id=task_id):
         if text_value(job.get("state", "")) == "completed":
             completed.update(range(int(job["start_frame"]), int(job["stop_frame"]) + 1))
     size = int(meta.get("size") or task.get("size") or 0)
@@ -126,20 +110,6 @@ def evenly(items: Sequence[int], limit: int) -> list[int]:
         return list(items)
     step = len(items) / limit
     return [items[int(i * step)] for i in range(limit)]
-
-
-def served_weights(task: Mapping[str, Any], store: ModelStore, locator: ModelLocator,
-                   default_model: str) -> tuple[str, str]:
-    """The task's own trained detector, else its project's, else the default detect model."""
-    keys = [store_key("task", int(task["id"]))]
-    if task.get("project_id"):
-        keys.append(store_key("project", int(task["project_id"])))
-    for key in keys:
-        current = store.current(key)
-        if current is not None:
-            return str(current.weights), current.model_version
-    weights = locator.resolve(default_model)
-    return weights, weights.rsplit("/", 1)[-1]
 
 
 def score_frames(api: Any, task_id: int, frames: Sequence[int], scorer: YoloScorer,
@@ -183,24 +153,24 @@ def create_batch_task(client: Any, state: TaskState, frames: Sequence[int],
                                                          if k in _LABEL_FIELDS})
                           for label in state.labels]
     _, response = api.tasks_api.create(models.TaskWriteRequest(**spec), _parse_response=False)
-    created = _json(response)
+    created = json_body(response)
     new_id = int(created["id"])
     url = client.api_map.make_endpoint_url(api.tasks_api.create_data_endpoint.path,
                                            kwsub={"id": new_id})
     uploaded = DataUploader(client).upload_files(
         url, [images[f] for f in frames], image_quality=95, sorting_method="predefined")
-    rq_id = json.loads(uploaded.data).get("rq_id")
+    rq_id = json_body(uploaded).get("rq_id")
     deadline = time.monotonic() + timeout
     while rq_id and time.monotonic() < deadline:
         _, response = api.requests_api.retrieve(rq_id, _parse_response=False)
-        status = text_value(_json(response).get("status"))
+        status = text_value(json_body(response).get("status"))
         if status == "finished":
             break
         if status == "failed":
             raise SelectionError(f"CVAT could not create the batch task {new_id}: "
-                                 f"{_json(response).get('message')}")
+                                 f"{json_body(response).get('message')}")
         time.sleep(0.5)
-    jobs = _pages(api.jobs_api.list, task_id=new_id)
+    jobs = json_pages(api.jobs_api.list, task_id=new_id)
     job = next((int(j["id"]) for j in jobs if j.get("type", "annotation") == "annotation"), 0)
     return new_id, job
 
@@ -220,7 +190,10 @@ def select_frames(client: Any, task_id: int, store: ModelStore, locator: ModelLo
     if not state.unlabelled:
         raise SelectionError(f"CVAT task {task_id} has no unlabelled frames to select from")
     candidates = evenly(state.unlabelled, max_candidates)
-    weights, version = served_weights(state.task, store, locator, default_model)
+    keys = [store_key("task", task_id)]  # the task's own detector, else its project's
+    if state.task.get("project_id"):
+        keys.append(store_key("project", int(state.task["project_id"])))
+    weights, version = serving_weights(store, keys, locator, default_model)
     scorer = YoloScorer(weights, device=device)
     report({"phase": "scoring", "done": 0, "total": len(candidates), "model": version})
     kept, scores, skipped = score_frames(api, task_id, candidates, scorer, conf, report)

@@ -34,7 +34,7 @@ from labelpilot.adapters.label_studio.task_marks import (
 from labelpilot.adapters.label_studio.training import trainable_control
 from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from labelpilot.backends.model_ref import ModelLocator
-from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.model_store import ModelStore, serving_weights
 from labelpilot.backends.yolo_scoring import ImageScore, YoloScorer
 from labelpilot.trainers.selection import SelectionError, select
 
@@ -87,17 +87,6 @@ def labelled_class_counts(tasks: Sequence[Mapping[str, Any]],
         if annotation is not None:
             counts.update(i.class_name for i in instances)
     return {label: counts.get(label, 0) for label in control.labels}
-
-
-def served_weights(project_id: int, control: ControlSpec, store: ModelStore,
-                   locator: ModelLocator) -> tuple[str, str]:
-    """(weights, model version) that serve the control now."""
-    key = store_key(project_id, control)
-    current = store.current(key) if key else None
-    if current is not None:
-        return str(current.weights), current.model_version
-    weights = locator.resolve(control.model_ref)
-    return weights, weights.rsplit("/", 1)[-1]
 
 
 def model_counts(counts: Mapping[str, int], control: ControlSpec,
@@ -153,8 +142,9 @@ def select_tasks(project_id: int, images: ImageSource, store: ModelStore,
     if not unlabelled:
         raise SelectionError(f"project {project_id} has no unlabelled tasks to select from "
                              f"({len(tasks)} tasks, all labelled)")
-    counts = labelled_class_counts(api.export_tasks(project_id), control)
-    weights, version = served_weights(project_id, control, store, locator)
+    counts = labelled_class_counts(labelled, control)  # tasks carry their annotations
+    key = store_key(project_id, control)
+    weights, version = serving_weights(store, [key] if key else [], locator, control.model_ref)
     scorer = YoloScorer(weights, device=device)
     report({"phase": "scoring", "done": 0, "total": len(unlabelled), "model": version})
     ids, scores, skipped = score_tasks(unlabelled, control, images, scorer, conf, max_pixels,
