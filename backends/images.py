@@ -17,6 +17,7 @@ DEFAULT_MAX_PIXELS = 64_000_000  # the default of LABELPILOT_MAX_IMAGE_PIXELS
 _FAST_MODES = ("RGB", "L")
 _JPEG_END = b"\xff\xd9"
 _PNG_END = b"IEND\xaeB`\x82"
+_STILL_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"heim", b"heis", b"avif")  # ISO-BMFF images
 
 
 class ImageError(ValueError):
@@ -47,6 +48,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise
     except (UnidentifiedImageError, ImportError) as exc:
         # ImportError: ultralytics' Image.open patch tries a HEIF plugin on unknown bytes.
+        video = _video_kind(data)
+        if video is not None:
+            raise ImageError(f"this is a video ({video}), not an image: use a <Video> tag for it"
+                             ) from exc
         raise ImageError("the data is not an image format Pillow can read") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"the image is too large to decode safely: {exc}") from exc
@@ -54,6 +59,17 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         raise ImageError(f"the image is corrupt or truncated: {exc}") from exc
     upright: Image.Image = ImageOps.exif_transpose(image) or image
     return _to_bgr(upright)
+
+
+def _video_kind(data: bytes) -> str | None:
+    """The video container the bytes start with (MP4, MOV, WebM/MKV, AVI), if any."""
+    if data[4:8] == b"ftyp" and data[8:12] not in _STILL_BRANDS:
+        return "MOV" if data[8:12] == b"qt  " else "MP4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "WebM" if b"webm" in data[:64] else "MKV"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "AVI"
+    return None
 
 
 def _decode_fast(data: bytes, header: Image.Image) -> np.ndarray | None:

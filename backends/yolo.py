@@ -53,12 +53,21 @@ class YoloModel:
         self, images: Sequence[np.ndarray], *, conf: float = 0.25, imgsz: int | None = None
     ) -> list[Prediction]:
         """Run the model on BGR images; one `Prediction` per image, in order."""
+        convert = _CONVERTERS[self.task]
+        return [convert(result, self.class_names) for result in self._results(images, conf, imgsz)]
+
+    def raw_boxes(self, images: Sequence[np.ndarray], *, conf: float) -> list[Any]:
+        """ultralytics' own boxes (numpy) per image: what its trackers take."""
+        return [(r.obb if self.task == "obb" else r.boxes).cpu().numpy()
+                for r in self._results(images, conf, None)]
+
+    def _results(self, images: Sequence[np.ndarray], conf: float, imgsz: int | None
+                 ) -> list[Any]:
         if not images:
             return []
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.device}
         if imgsz:
             kwargs["imgsz"] = imgsz
-        convert = _CONVERTERS[self.task]
         size = self._batch
         results: list[Any] = []
         with self._lock:
@@ -66,7 +75,7 @@ class YoloModel:
                 chunk = list(images[start:start + size])
                 # ultralytics runs a list one image at a time unless `batch` says otherwise
                 results.extend(self._model.predict(chunk, batch=len(chunk), **kwargs))
-        return [convert(result, self.class_names) for result in results]
+        return results
 
 
 def _numpy(tensor: Any) -> np.ndarray:

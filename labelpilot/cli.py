@@ -341,7 +341,7 @@ def label_errors_command(
 @app.command()
 def jobs(ctx: typer.Context,
          key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> None:
-    """Training jobs with their progress (phase, epoch, metrics)."""
+    """Training, review and video jobs with their progress (phase, epoch, frames)."""
     from labelpilot.redis_conn import connect
     from labelpilot.trainers.queue import jobs as list_jobs
 
@@ -351,9 +351,14 @@ def jobs(ctx: typer.Context,
                  if meta.get("phase") == "training" else meta.get("phase"))
         if meta.get("fold") and meta.get("phase") in ("training", "predicting"):  # per fold
             where = f"fold {meta['fold']}/{meta.get('folds')} {where}"
+        if meta.get("phase") == "tracking":
+            where = f"tracking frame {meta.get('done')}/{meta.get('total')}"
         extra = f" -> {meta['version']}" if meta.get("version") else ""
         if meta.get("phase") == "done" and "flagged" in meta:
             extra = f" -> {meta['flagged']} flagged for review"
+        if meta.get("phase") == "done" and "tracks" in meta:
+            extra = (f" -> {meta['tracks']} tracks posted to task {meta.get('task')}"
+                     if meta.get("posted") else f" -> not posted: {meta.get('reason')}")
         error = f"  {job['error'][0]}" if job["error"] and job["status"] == "failed" else ""
         typer.echo(f"{job['id']:<48} {job['status']:<10} {where}{extra}{error}")
 

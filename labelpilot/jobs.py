@@ -17,12 +17,15 @@ import redis
 if TYPE_CHECKING:
     from labelpilot.adapters.cvat.webhook import TrainingRequest
     from labelpilot.adapters.label_studio.blueprint import TrainingHook
+    from labelpilot.adapters.label_studio.video import LongVideoHook, VideoJobRequest
 
 log = logging.getLogger(__name__)
 LABEL_STUDIO_JOB = "labelpilot.jobs.train_label_studio"
 CVAT_JOB = "labelpilot.jobs.train_cvat"
 LABEL_ERRORS_JOB = "labelpilot.jobs.label_errors_label_studio"
 CVAT_LABEL_ERRORS_JOB = "labelpilot.jobs.label_errors_cvat"
+VIDEO_JOB = "labelpilot.jobs.track_video_label_studio"
+PROGRESS_EVERY_S = 1.0  # how often a video job writes its frame count to its meta
 
 
 def job_connection() -> redis.Redis:
@@ -124,6 +127,70 @@ def train_cvat(kind: str, ident: int, trigger: dict[str, Any] | None = None,
                                locator=model_locator(settings), device=settings.device,
                                connect=partial(cvat_client, cvat_access(settings)),
                                default_models=settings.task_models_set())
+
+
+def track_video_label_studio(request: dict[str, Any]) -> dict[str, Any]:
+    """Track a long clip of an LS task and post the prediction (queued by /predict)."""
+    import time
+
+    from rq import get_current_job
+
+    from labelpilot.adapters.label_studio.connections import Connections
+    from labelpilot.adapters.label_studio.video import VideoJobRequest
+    from labelpilot.adapters.label_studio.video_job import run_video_job
+    from labelpilot.backends.yolo import YoloModel
+    from labelpilot.runtime import control_defaults, source_policy, video_limits, yolo_max_batch
+    from labelpilot.settings import load_settings
+
+    settings = load_settings()
+    connection = job_connection()
+    job = get_current_job()
+    wanted = VideoJobRequest(**request)
+    if wanted.project_id is None:
+        raise ValueError("a video job needs the project id")
+    connections = Connections(connection, source_policy(settings))
+    connections.require_token(wanted.project_id)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if job is None or (now - last[0] < PROGRESS_EVERY_S and done < total):
+            return
+        last[0] = now
+        job.meta.update({"phase": "tracking", "done": done, "total": total})
+        job.save_meta()
+
+    model = YoloModel(wanted.weights, device=settings.device,
+                      max_batch=yolo_max_batch(settings))
+    result = run_video_job(wanted, connections.get(wanted.project_id).label_config or "",
+                           connections.image_source(wanted.project_id), model,
+                           video_limits(settings), defaults=control_defaults(settings),
+                           progress=progress)
+    if job is not None:
+        job.meta.update({"phase": "done", **{k: v for k, v in result.items() if k != "task"}})
+        job.save_meta()
+    return result
+
+
+def queue_video_job(connection: redis.Redis, request: VideoJobRequest) -> str:
+    """Queue the tracking of a long clip (one job per task, control and model version)."""
+    from dataclasses import asdict
+
+    from labelpilot.adapters.label_studio.video_job import video_job_id
+    from labelpilot.trainers.queue import enqueue_once
+
+    queued = enqueue_once(
+        connection, VIDEO_JOB, video_job_id(request), {"request": asdict(request)},
+        description=f"track the video of LS task {request.task_id}",
+        meta={"key": f"ls-{request.project_id}", "phase": "queued", "task": request.task_id})
+    log.info("task %s: video tracking job %s %s", request.task_id, queued.job_id,
+             queued.outcome)
+    return queued.job_id
+
+
+def video_hook(connection: redis.Redis) -> LongVideoHook:
+    """What /predict calls for a clip too long to track inside the request."""
+    return partial(queue_video_job, connection)
 
 
 def label_studio_hook(connection: redis.Redis) -> TrainingHook:

@@ -14,6 +14,7 @@ from labelpilot.adapters.label_studio.config import ControlDefaults
 from labelpilot.adapters.label_studio.connections import SourcePolicy
 from labelpilot.adapters.label_studio.interactive import InteractiveSam
 from labelpilot.adapters.label_studio.predictor import Predictor
+from labelpilot.adapters.label_studio.video import VideoLimits
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.backends.sam import RedisEmbeddingStore, SamModels, SamOptions
@@ -58,7 +59,18 @@ def build_predictor(settings: Settings, store: ModelStore) -> Predictor:
     """Batch pre-annotation over the YOLO models of this process."""
     return Predictor(store, model_locator(settings), max_models=settings.max_models,
                      device=settings.device, max_batch=yolo_max_batch(settings),
-                     max_pixels=settings.max_image_pixels)
+                     max_pixels=settings.max_image_pixels, video=video_limits(settings))
+
+
+def video_limits(settings: Settings) -> VideoLimits:
+    """How large and long videos may be, and which are tracked inside a request."""
+    return VideoLimits(max_bytes=settings.max_video_bytes,
+                       max_seconds=settings.max_video_seconds,
+                       max_pixels=settings.max_image_pixels,
+                       inline_frames=settings.video_inline_frames,
+                       keyframe_iou=settings.video_keyframe_iou,
+                       batch=yolo_max_batch(settings),
+                       download_seconds=settings.video_download_seconds)
 
 
 def model_store(settings: Settings, connection: redis.Redis) -> ModelStore:

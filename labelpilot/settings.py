@@ -20,6 +20,7 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 GROUPS = {
     "label_studio": "Label Studio",
     "images": "Images",
+    "video": "Video",
     "models": "Models",
     "sam": "Interactive SAM",
     "cvat": "CVAT",
@@ -78,6 +79,26 @@ class Settings(BaseSettings):
         20.0, "LABELPILOT_IMAGE_DOWNLOAD_SECONDS", "images",
         "Deadline of one whole image download, however slowly its bytes come (that task "
         "fails, the others are served).", gt=0)
+
+    # Video
+    max_video_bytes: int = _field(
+        512 * 2**20, "LABELPILOT_MAX_VIDEO_BYTES", "video",
+        "Larger video downloads are refused (that task fails, the others are served).", gt=0)
+    max_video_seconds: float = _field(
+        3600.0, "LABELPILOT_MAX_VIDEO_SECONDS", "video",
+        "Longer videos are refused from their header, before decoding.", gt=0)
+    video_download_seconds: float = _field(
+        120.0, "LABELPILOT_VIDEO_DOWNLOAD_SECONDS", "video",
+        "Deadline of one whole video download.", gt=0)
+    video_inline_frames: int = _field(
+        300, "LABELPILOT_VIDEO_INLINE_FRAMES", "video",
+        "Clips of up to this many frames are tracked inside `/predict`; longer ones by a "
+        "worker job that posts the prediction to Label Studio when done (LS waits at most "
+        "100 s for `/predict`).", ge=0)
+    video_keyframe_iou: float = _field(
+        0.85, "LABELPILOT_VIDEO_KEYFRAME_IOU", "video",
+        "Keyframes are kept where linear interpolation between them would drift from the "
+        "tracked box below this IoU: lower means fewer keyframes, looser boxes.", gt=0, le=1)
 
     # Models
     model_dir: Path = _field(

@@ -164,5 +164,23 @@ def backend(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
     (ARTIFACTS / "backend.log").write_bytes(server.log.read_bytes())
 
 
+@pytest.fixture()
+def make_client(monkeypatch, shapes_model: Path, redis_url: str):  # type: ignore[no-untyped-def]
+    """An app composed from the environment's settings (plus `env`), as gunicorn's is."""
+    from labelpilot.app import create_app
+    from labelpilot.settings import load_settings
+
+    def make(redis_to: str = redis_url, **env: str):  # type: ignore[no-untyped-def]
+        monkeypatch.setenv("LABELPILOT_MODEL_DETECT", str(shapes_model))
+        monkeypatch.setenv("LABELPILOT_ALLOWED_HOSTS", "127.0.0.1")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        connection = redis.Redis.from_url(redis_to, socket_connect_timeout=0.5,
+                                          socket_timeout=2.0)
+        return create_app(load_settings(), connection).test_client()
+
+    return make
+
+
 def pytest_report_header() -> list[str]:
     return [f"python {sys.version.split()[0]}, repo {REPO}"]

@@ -6,14 +6,10 @@ import base64
 import http.server
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import redis
 
-from labelpilot.app import create_app
 from labelpilot.label_config import load
-from labelpilot.settings import load_settings
 from tests.helpers import generate_images, serve_directory, serve_handler
 
 CONFIG = load("detection_shapes")
@@ -27,22 +23,6 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         (directory / "img7_0.png").read_bytes()[:120])
     with serve_directory(directory) as url:
         yield url
-
-
-@pytest.fixture()
-def make_client(monkeypatch, shapes_model: Path, redis_url: str):  # type: ignore[no-untyped-def]
-    """An app composed from the environment's settings (plus `env`), as gunicorn's is."""
-
-    def make(redis_to: str = redis_url, **env: str):  # type: ignore[no-untyped-def]
-        monkeypatch.setenv("LABELPILOT_MODEL_DETECT", str(shapes_model))
-        monkeypatch.setenv("LABELPILOT_ALLOWED_HOSTS", "127.0.0.1")
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        connection = redis.Redis.from_url(redis_to, socket_connect_timeout=0.5,
-                                          socket_timeout=2.0)
-        return create_app(load_settings(), connection).test_client()
-
-    return make
 
 
 @pytest.fixture()

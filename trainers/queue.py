@@ -173,3 +173,16 @@ def jobs(connection: redis.Redis, key: str | None = None, limit: int = 20) -> li
             "error": (job.exc_info or "").strip().splitlines()[-1:]})
     out.sort(key=lambda j: str(j["id"]), reverse=True)
     return out[:limit]
+
+
+def enqueue_once(connection: redis.Redis, func: str, job_id: str, kwargs: dict[str, Any], *,
+                 description: str, meta: dict[str, Any], timeout: int = JOB_TIMEOUT) -> Enqueued:
+    """Queue `func` as job `job_id` unless that job already waits or runs (then join it)."""
+    existing = _job(connection, job_id)
+    if existing is not None and existing.get_status(refresh=True) in (*_WAITING,
+                                                                     JobStatus.STARTED):
+        return Enqueued(job_id, "coalesced")
+    Queue(QUEUE_NAME, connection=connection).enqueue(
+        func, kwargs=kwargs, job_id=job_id, job_timeout=timeout, result_ttl=7 * 86400,
+        failure_ttl=30 * 86400, description=description, meta=meta)
+    return Enqueued(job_id, "enqueued")

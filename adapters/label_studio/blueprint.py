@@ -32,6 +32,7 @@ from labelpilot.adapters.label_studio.payloads import (
 )
 from labelpilot.adapters.label_studio.predictor import ModelChoice, Predictor
 from labelpilot.adapters.label_studio.sam_config import SamSetup, batch_plan, sam_setups
+from labelpilot.adapters.label_studio.video import LongVideoHook
 from labelpilot.adapters.label_studio.webhook import record_training_event
 from labelpilot.adapters.metrics import WEBHOOK_EVENTS
 from labelpilot.adapters.worker_notice import worker_notice
@@ -67,10 +68,12 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
                            connection: redis.Redis, on_training: TrainingHook,
                            auth: BasicAuth | None = None, *, sam: InteractiveSam,
                            defaults: ControlDefaults | None = None,
-                           monitor: QueueMonitor | None = None) -> Blueprint:
+                           monitor: QueueMonitor | None = None,
+                           on_long_video: LongVideoHook | None = None) -> Blueprint:
     """The LS endpoints. `connection`: the Redis the webhook events are recorded in;
     `defaults`: the model and threshold of controls whose tags do not name them; `monitor`:
-    the training queue's state for /health and the webhook replies."""
+    the training queue's state for /health and the webhook replies; `on_long_video`: queues
+    the tracking of clips too long to track inside /predict."""
     defaults = defaults or ControlDefaults()
     bp = Blueprint("label_studio", __name__)
 
@@ -143,7 +146,7 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
                 return {"results": [{"model_version": version} for _ in req.tasks]}
         try:
             results = predictor.predict(req.tasks, plan, connections.image_source(pid), pid,
-                                        choices)
+                                        choices, long_video=on_long_video)
             for result in results:
                 result["model_version"] = version
         except ModelLoadError as exc:
@@ -155,6 +158,10 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
         body: dict[str, Any] = {"results": results}
         if errors:
             body["errors"] = errors
+        queued = [{"task": t.id, "job": r.pop("job")} for t, r in zip(req.tasks, results,
+                                                                     strict=True) if "job" in r]
+        if queued:  # LS stores nothing for these now: the jobs post the predictions
+            body["jobs"] = queued
         return body
 
     @bp.post("/webhook")

@@ -242,3 +242,14 @@ class LabelStudioClient:
         created = self.post("/api/dm/views",
                             {"project": project, "data": {**dict(data), "title": title}})
         return int(created["id"])
+
+    def task_predictions(self, task: int) -> list[dict[str, Any]]:
+        """The predictions LS holds for one task."""
+        return list(self.get("/api/predictions", {"task": task}) or [])
+
+    def create_prediction(self, task: int, result: list[dict[str, Any]], score: float,
+                          model_version: str) -> int:
+        """Store a prediction on a task (as "Retrieve predictions" would); returns its id."""
+        created = self.post("/api/predictions", {"task": task, "result": result,
+                                                 "score": score, "model_version": model_version})
+        return int(created["id"])

@@ -8,8 +8,10 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from labelpilot.backends.tasks import TaskSpec, task_spec
+from labelpilot.backends.tracking import TRACKERS
+from labelpilot.backends.video import VideoError, check_framerate
 
-ControlKind = Literal["rectangle", "obb", "polygon", "brush", "keypoint", "choices"]
+ControlKind = Literal["rectangle", "obb", "polygon", "brush", "keypoint", "choices", "video"]
 
 
 @dataclass(frozen=True)
@@ -33,19 +35,42 @@ CONTROL_TASKS: dict[ControlKind, ControlTasks] = {
     "brush": _tasks("segment"),
     "keypoint": _tasks("pose"),
     "choices": _tasks("classify"),
+    "video": _tasks("detect", "segment", "pose"),
 }
 RESULT_TYPE: dict[ControlKind, str] = {
     "rectangle": "rectanglelabels", "obb": "rectanglelabels", "polygon": "polygonlabels",
     "brush": "brushlabels", "keypoint": "keypointlabels", "choices": "choices",
+    "video": "videorectangle",
 }
 _TAG_KIND: dict[str, ControlKind] = {
     "RectangleLabels": "rectangle", "PolygonLabels": "polygon", "BrushLabels": "brush",
-    "KeyPointLabels": "keypoint", "Choices": "choices",
+    "KeyPointLabels": "keypoint", "Choices": "choices", "VideoRectangle": "video",
 }
+
 
 
 class ConfigError(ValueError):
     """The label config has nothing this backend can serve, or is not a valid config."""
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """What a VideoRectangle control says about its video and its tracker."""
+
+    framerate: str  # a number, or "$field" to read it from each task's data
+    tracker: str  # bytetrack | botsort
+    tracker_params: tuple[tuple[str, str], ...] = ()  # <tracker>_<key>="value" overrides
+
+    def framerate_of(self, data: dict[str, Any]) -> float:
+        """The task's frame rate: the attribute's number, or its `$field` in the task data.
+        Raises ValueError (VideoError) naming the field or value that is not usable."""
+        raw: Any = self.framerate
+        if raw.startswith("$"):
+            raw = data.get(raw[1:])
+            if raw is None:
+                raise ValueError(f"the task data has no '{self.framerate[1:]}' field (the "
+                                 f"Video tag reads framerate=\"{self.framerate}\")")
+        return check_framerate(raw)
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,7 @@ class ControlSpec:
     explicit_model: bool  # model_path set on the control: never replaced by trained versions
     threshold: float
     point_threshold: float
+    video: VideoSpec | None = None  # VideoRectangle controls: frame rate and tracker
 
     @property
     def result_type(self) -> str:
@@ -124,8 +150,12 @@ def parse_label_config(config: str, defaults: ControlDefaults | None = None) -> 
         raise ConfigError(f"the label config is not valid XML/LS config: {exc}") from exc
     controls: list[ControlSpec] = []
     ignored: list[str] = []
+    video_labels = _video_labels(interface.controls)
     for control in interface.controls:
-        spec_or_reason = _control_spec(control, defaults)
+        if getattr(control, "tag", "") == "Labels" and all(
+                o.tag == "Video" for o in getattr(control, "objects", [])):
+            continue  # the labels of a VideoRectangle (see _video_labels)
+        spec_or_reason = _control_spec(control, defaults, video_labels)
         if isinstance(spec_or_reason, str):
             ignored.append(spec_or_reason)
         else:
@@ -134,8 +164,8 @@ def parse_label_config(config: str, defaults: ControlDefaults | None = None) -> 
         reasons = "; ".join(ignored) or "it has no control tags"
         raise ConfigError(
             "nothing in this label config can be served: " + reasons + ". labelpilot serves "
-            "RectangleLabels, PolygonLabels, BrushLabels, KeyPointLabels and Choices on an Image "
-            "(see label_config/ for working examples)"
+            "RectangleLabels, PolygonLabels, BrushLabels, KeyPointLabels and Choices on an Image, "
+            "and VideoRectangle with Labels on a Video (see label_config/ for working examples)"
         )
     return ServingPlan(tuple(controls), tuple(ignored))
 
@@ -145,22 +175,48 @@ def truthy(value: object) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-def _control_spec(control: object, defaults: ControlDefaults) -> ControlSpec | str:
+def _video_labels(controls: Any) -> dict[str, tuple[tuple[str, ...], dict[str, Any]]]:
+    """Video object name → the labels (and their attributes) of the Labels tags on it: a
+    VideoRectangle holds no labels itself."""
+    found: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
+    for control in controls:
+        if getattr(control, "tag", "") != "Labels":
+            continue
+        for obj in getattr(control, "objects", []):
+            if obj.tag == "Video":
+                labels, attrs = found.get(obj.name, ((), {}))
+                new = tuple(getattr(control, "labels", ()) or ())
+                found[obj.name] = (labels + new,
+                                   {**(getattr(control, "labels_attrs", {}) or {}), **attrs})
+    return found
+
+
+def _control_spec(control: object, defaults: ControlDefaults,
+                  video_labels: dict[str, tuple[tuple[str, ...], dict[str, Any]]]
+                  ) -> ControlSpec | str:
     tag = getattr(control, "tag", "?")
     name = getattr(control, "name", "?")
     attrs: dict[str, str] = dict(getattr(control, "attr", {}) or {})
     kind = _TAG_KIND.get(tag)
     if kind is None:
         return f"{tag} '{name}' is not a control type labelpilot predicts"
-    images = [o for o in getattr(control, "objects", []) if o.tag == "Image"]
+    media = "Video" if kind == "video" else "Image"
+    images = [o for o in getattr(control, "objects", []) if o.tag == media]
     if not images:
-        return f"{tag} '{name}' is not attached to an Image"
+        return f"{tag} '{name}' is not attached to an {media}"
     if truthy(attrs.get("smart", "")) and "model_path" not in attrs:
         return f"{tag} '{name}' is a smart (interactive prompt) control"
     if kind == "rectangle" and truthy(attrs.get("model_obb", "")):
         kind = "obb"
     labels = tuple(getattr(control, "labels", ()) or ())
     label_attrs = getattr(control, "labels_attrs", {}) or {}
+    video = None
+    if kind == "video":
+        labels, label_attrs = video_labels.get(images[0].name, ((), {}))
+        if not labels:
+            return (f"{tag} '{name}' has no Labels tag on Video '{images[0].name}' (add "
+                    f"<Labels toName=\"{images[0].name}\"> with the classes to track)")
+        video = _video_spec(images[0], attrs, f"{tag} '{name}'")
     label_map: dict[str, str] = {}
     keypoint_labels: dict[int, str] = {}
     for position, label in enumerate(labels):
@@ -187,7 +243,27 @@ def _control_spec(control: object, defaults: ControlDefaults) -> ControlSpec | s
         threshold=_number(attrs, "model_score_threshold", defaults.score_threshold, float,
                           f"{tag} '{name}'"),
         point_threshold=_number(attrs, "model_point_threshold", 0.5, float, f"{tag} '{name}'"),
+        video=video,
     )
+
+
+def _video_spec(video: Any, attrs: dict[str, str], where: str) -> VideoSpec:
+    """Frame rate from the Video tag (LS lower-cases attribute names: frameRate = framerate;
+    default 24) and the tracker from the control."""
+    video_attrs = {str(k).lower(): str(v) for k, v in (getattr(video, "attr", {}) or {}).items()}
+    framerate = video_attrs.get("framerate", "24").strip() or "24"
+    if not framerate.startswith("$"):
+        try:
+            check_framerate(framerate)  # type: ignore[arg-type]  # a number as text is fine
+        except VideoError as exc:
+            raise ConfigError(f"Video '{video.name}': {exc}") from exc
+    tracker = attrs.get("model_tracker", "bytetrack").strip().lower()
+    if tracker not in TRACKERS:
+        raise ConfigError(f"model_tracker=\"{tracker[:40]}\" on {where} is not one of "
+                          f"{', '.join(TRACKERS)}")
+    params = tuple(sorted((k[len(tracker) + 1:], v) for k, v in attrs.items()
+                          if k.startswith(f"{tracker}_")))
+    return VideoSpec(framerate, tracker, params)
 
 
 def _number(attrs: dict[str, str], key: str, default: Any, kind: Callable[[str], Any],

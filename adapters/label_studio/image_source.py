@@ -41,6 +41,7 @@ class ImageSource:
     local_files_root: Path | None = None
     timeout: float = 15.0  # per connect / read
     download_seconds: float = 20.0  # the whole download, however slowly the bytes come
+    media: str = "image"  # what is fetched, for the messages (videos have their own limits)
     pool: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(maxsize=16))
 
     def __post_init__(self) -> None:
@@ -126,8 +127,8 @@ class ImageSource:
             raise ImageSourceError(f"local file '{path}' does not exist") from exc
 
     def _too_big(self, size: int) -> str:
-        return (f"the image is {size} bytes, over the limit of {self.max_bytes} "
-                "(set LABELPILOT_MAX_IMAGE_BYTES to raise it)")
+        return (f"the {self.media} is {size} bytes, over the limit of {self.max_bytes} "
+                f"(set LABELPILOT_MAX_{self.media.upper()}_BYTES to raise it)")
 
     def _headers_for(self, url: str) -> dict[str, str]:
         if self.client is None or not self.ls_url or _host(url) != _host(self.ls_url):
@@ -204,8 +205,8 @@ class ImageSource:
             chunks.append(chunk)
 
     def _too_slow(self) -> str:
-        return (f"image download took longer than {self.download_seconds:g} s "
-                "(set LABELPILOT_IMAGE_DOWNLOAD_SECONDS to allow more)")
+        return (f"{self.media} download took longer than {self.download_seconds:g} s "
+                f"(set LABELPILOT_{self.media.upper()}_DOWNLOAD_SECONDS to allow more)")
 
     def _failed(self, url: str, exc: Exception, deadline: float) -> ImageSourceError:
         if time.monotonic() >= deadline:

@@ -21,6 +21,14 @@ from labelpilot.adapters.label_studio.config import (
 from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
 from labelpilot.adapters.label_studio.payloads import Task
 from labelpilot.adapters.label_studio.results import control_results, task_score
+from labelpilot.adapters.label_studio.video import (
+    LongVideoHook,
+    VideoJobRequest,
+    VideoLimits,
+    VideoTaskError,
+    fetch_clip,
+    track_clip,
+)
 from labelpilot.adapters.metrics import IMAGE_FETCH_ERRORS, PREDICTIONS
 from labelpilot.backends.errors import ModelNotFoundError, ModelTaskError
 from labelpilot.backends.hot_swap import CurrentModels
@@ -28,6 +36,7 @@ from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_im
 from labelpilot.backends.model_cache import ModelCache
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.tracking import TrackerError, TrackerSpec, tracker_settings
 from labelpilot.backends.yolo import DEFAULT_MAX_BATCH, YoloModel
 
 log = logging.getLogger(__name__)
@@ -63,9 +72,11 @@ class Predictor:
     def __init__(self, store: ModelStore, locator: ModelLocator, *,
                  models: ModelCache[YoloModel] | None = None, max_models: int = 4,
                  device: str = "", max_batch: int = DEFAULT_MAX_BATCH,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, fetch_workers: int = 8):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, fetch_workers: int = 8,
+                 video: VideoLimits | None = None):
         self.locator = locator
         self.max_pixels = max_pixels
+        self.video = video or VideoLimits(max_pixels=max_pixels, batch=max_batch)
         self.models: ModelCache[YoloModel] = models or ModelCache(
             partial(YoloModel, device=device, max_batch=max_batch), capacity=max_models)
         self.current = CurrentModels(store, self.models.get)
@@ -120,8 +131,11 @@ class Predictor:
 
     def predict(self, tasks: Sequence[Task], plan: ServingPlan, source: ImageSource,
                 project_id: int | None = None,
-                choices: dict[ControlSpec, ModelChoice] | None = None) -> list[dict[str, Any]]:
-        """`choices`: the models picked for this request already (else picked here)."""
+                choices: dict[ControlSpec, ModelChoice] | None = None,
+                long_video: LongVideoHook | None = None) -> list[dict[str, Any]]:
+        """`choices`: the models picked for this request already (else picked here);
+        `long_video`: queues the tracking of a clip too long to track inside the request
+        (without it, such a task fails with the reason)."""
         choices = choices if choices is not None else self.choices(plan, project_id)
         version = self.version_of(choices)
         groups: dict[str, list[ControlSpec]] = {}
@@ -136,32 +150,65 @@ class Predictor:
         for weights, controls in groups.items():
             for control in controls:
                 check_compatible(control, models[weights])
-        image_keys = sorted({c.image_key for c in plan.controls})
+        image_keys = sorted({c.image_key for c in plan.controls if c.video is None})
         loaded = self._load_images(tasks, image_keys, source)
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
         errors: list[str | None] = [next((loaded[(i, k)].error for k in image_keys
                                           if loaded[(i, k)].error), None)
                                     for i in range(len(tasks))]
+        queued: list[str | None] = [None] * len(tasks)
         for weights, controls in groups.items():
-            for key in sorted({c.image_key for c in controls}):
+            for control in (c for c in controls if c.video is not None):
+                for i, task in enumerate(tasks):
+                    if errors[i] is None and queued[i] is None:
+                        try:
+                            found = self._track(task, control, models[weights], source,
+                                                VideoJobRequest(project_id, task.id, task.data,
+                                                                control.name, weights, version),
+                                                long_video)
+                        except VideoTaskError as exc:
+                            errors[i] = str(exc)
+                            continue
+                        if isinstance(found, str):
+                            queued[i] = found
+                        else:
+                            regions[i].extend(found)
+            for key in sorted({c.image_key for c in controls if c.video is None}):
                 ok = [i for i in range(len(tasks)) if loaded[(i, key)].image is not None]
                 images = [loaded[(i, key)].image for i in ok]
                 threshold = min(c.threshold for c in controls)
                 preds = models[weights].predict(images, conf=threshold)  # type: ignore[arg-type]
                 for i, pred in zip(ok, preds, strict=True):
                     for control in controls:
-                        if control.image_key == key:
+                        if control.image_key == key and control.video is None:
                             regions[i].extend(control_results(control, pred))
         out: list[dict[str, Any]] = []
-        for task, task_regions, error in zip(tasks, regions, errors, strict=True):
+        for task, task_regions, error, job in zip(tasks, regions, errors, queued, strict=True):
             if error is not None:
                 log.warning("task %s not predicted: %s", task.id, error)
                 out.append({"model_version": version, "error": f"task {task.id}: {error}"})
+                continue
+            if job is not None:  # no "result": LS stores nothing now; the job posts it
+                out.append({"model_version": version, "job": job})
                 continue
             out.append({"result": task_regions, "score": task_score(task_regions),
                         "model_version": version})
         PREDICTIONS.labels(version).inc(sum(1 for o in out if "result" in o))
         return out
+
+    def _track(self, task: Task, control: ControlSpec, model: YoloModel, source: ImageSource,
+               request: VideoJobRequest, long_video: LongVideoHook | None
+               ) -> list[dict[str, Any]] | str:
+        """The task's video regions, or the id of the job that will track it."""
+        clip = fetch_clip(task, control, source, self.video)
+        if clip.frames > self.video.inline_frames:
+            if long_video is None:
+                raise VideoTaskError(
+                    f"the video has {clip.frames} frames, more than "
+                    f"LABELPILOT_VIDEO_INLINE_FRAMES={self.video.inline_frames} tracked inside "
+                    "a request, and no worker queue is configured for longer clips")
+            return long_video(request)
+        return track_clip(clip, control, model, self.video)
 
     def _load_images(self, tasks: Sequence[Task], keys: list[str],
                      source: ImageSource) -> dict[tuple[int, str], _Loaded]:
@@ -187,7 +234,12 @@ class Predictor:
 
 
 def check_compatible(control: ControlSpec, model: YoloModel) -> None:
-    """Raise ModelTaskError when the model can't fill the control (task or labels)."""
+    """Raise ModelTaskError when the model can't fill the control (task, labels, tracker)."""
+    if control.video is not None:
+        try:
+            tracker_settings(TrackerSpec(control.video.tracker, control.video.tracker_params))
+        except TrackerError as exc:
+            raise ModelTaskError(f"control '{control.name}': {exc}") from exc
     wanted = CONTROL_TASKS[control.kind].compatible
     if model.task not in wanted:
         raise ModelTaskError(
