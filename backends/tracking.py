@@ -25,6 +25,7 @@ from labelpilot.backends.yolo import YoloModel
 
 log = logging.getLogger(__name__)
 TRACKERS = ("bytetrack", "botsort", "ocsort")  # ultralytics' trackers that need no ReID model
+MIN_TRACK_FRAMES = 3  # shorter tracks are detector flicker, not objects worth annotating
 DETECTION_CONF = 0.1  # what ultralytics' model.track detects at: ByteTrack uses weak boxes too
 FrameDone = Callable[[int], None]  # called with each frame number once it is tracked
 

@@ -286,6 +286,57 @@ def _select_cvat(settings: Settings, connection: Any, task: int, count: int, str
     return report.summary()
 
 
+@app.command("annotate")
+def annotate_command(
+    ctx: typer.Context,
+    cvat_task: int = typer.Option(..., "--cvat-task", help="CVAT task id (CVAT_URL + creds): "
+                                  "a video task or an image sequence"),
+    function: str = typer.Option("", "--function", help="the model to run (a file under "
+                                 "MODEL_DIR or a release name); default: the task's served "
+                                 "detector"),
+    tracker: str = typer.Option("bytetrack", help="bytetrack | botsort | ocsort"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="track and count, write nothing"),
+    clear_existing: bool = typer.Option(False, "--clear-existing",
+                                        help="replace the task's annotations"),
+) -> None:
+    """Detect and track objects through a CVAT task and write them as tracks with keyframes
+    (not one shape per frame)."""
+    import urllib3
+    from cvat_sdk.api_client.exceptions import ApiException
+
+    from labelpilot.adapters.cvat.client import CvatConfigError, cvat_client
+    from labelpilot.adapters.cvat.video_tracks import AnnotateError, annotate_task
+    from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError, ModelRefRefused
+    from labelpilot.backends.tracking import TrackerError, TrackerSpec, tracker_settings
+    from labelpilot.redis_conn import connect
+    from labelpilot.runtime import control_defaults, cvat_access, model_locator, model_store
+
+    settings = _settings(ctx)
+    progress = (lambda u: typer.echo(  # noqa: E731
+        f"  {u['phase']} frame {u.get('done')}/{u.get('total')}", err=True))
+    try:
+        spec = TrackerSpec(tracker)
+        tracker_settings(spec)
+        report = annotate_task(
+            cvat_client(cvat_access(settings)), cvat_task,
+            model_store(settings, connect(settings)), model_locator(settings),
+            default_model=control_defaults(settings).model("detect"), model=function or None,
+            tracker=spec, min_iou=settings.video_keyframe_iou, dry_run=dry_run,
+            clear_existing=clear_existing, device=settings.device, progress=progress)
+    except (AnnotateError, TrackerError, CvatConfigError, ModelNotFoundError, ModelLoadError,
+            ModelRefRefused) as exc:
+        typer.echo(f"cannot annotate: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except ApiException as exc:
+        typer.echo(f"cannot annotate: CVAT answered {exc.status} {exc.reason} "
+                   f"({str(exc.body or '')[:200]})", err=True)
+        raise typer.Exit(2) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        typer.echo(f"cannot annotate: CVAT could not be reached: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(report.summary())
+
+
 @app.command("label-errors")
 def label_errors_command(
     ctx: typer.Context,

@@ -147,6 +147,32 @@ class FakeCvat:
                 else:
                     self._send(404, {"detail": "Not found."})
 
+            def do_PATCH(self) -> None:
+                self._annotations("PATCH")
+
+            def do_PUT(self) -> None:
+                self._annotations("PUT")
+
+            def _annotations(self, method: str) -> None:
+                """Task annotations: PATCH ?action=create adds, PUT replaces."""
+                url = urlparse(self.path)
+                body = json.loads(self._body() or b"{}")
+                cvat.requests.append((method, self.path))
+                m = re.fullmatch(r"/api/tasks/(\d+)/annotations", url.path.rstrip("/"))
+                if not m or int(m[1]) not in cvat.tasks:
+                    self._send(404, {"detail": "Not found."})
+                    return
+                task = cvat.tasks[int(m[1])]
+                if method == "PUT":
+                    task.annotations = {"version": task.annotations["version"] + 1,
+                                        "tags": [], "shapes": [], "tracks": []}
+                elif parse_qs(url.query).get("action") != ["create"]:
+                    self._send(400, {"detail": "action must be create, update or delete"})
+                    return
+                for kind in ("tags", "shapes", "tracks"):
+                    task.annotations[kind].extend(body.get(kind) or [])
+                self._send(200, task.annotations)
+
             def _upload(self, task: FakeTask, body: bytes) -> None:
                 if "Upload-Start" in self.headers:
                     cvat._uploads[task.id] = []

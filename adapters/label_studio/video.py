@@ -19,7 +19,13 @@ from labelpilot.adapters.label_studio.payloads import Task
 from labelpilot.adapters.label_studio.results import region_id
 from labelpilot.backends.images import DEFAULT_MAX_PIXELS
 from labelpilot.backends.keyframes import thin_track
-from labelpilot.backends.tracking import FrameDone, TrackerError, TrackerSpec, track_video
+from labelpilot.backends.tracking import (
+    MIN_TRACK_FRAMES,
+    FrameDone,
+    TrackerError,
+    TrackerSpec,
+    track_video,
+)
 from labelpilot.backends.tracks import Track
 from labelpilot.backends.video import (
     DEFAULT_MAX_VIDEO_SECONDS,
@@ -31,8 +37,6 @@ from labelpilot.backends.video import (
     read_frames,
 )
 from labelpilot.backends.yolo import YoloModel
-
-MIN_TRACK_FRAMES = 3  # shorter tracks are detector flicker, not objects worth a region
 
 
 @dataclass(frozen=True)

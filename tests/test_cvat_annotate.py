@@ -1,0 +1,116 @@
+"""`labelpilot annotate --cvat-task N`, as an admin runs it, against the stand-in for CVAT's REST
+API over real HTTP: a video task's frames are tracked with the shapes model and written as
+CVAT tracks with keyframes that, interpolated the way CVAT does, draw the ground truth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from bench.track_scores import score_tracks
+from labelpilot.backends.shapes import BBox
+from labelpilot.synthetic_video import make_clip
+from tests.fake_cvat import FakeCvat, FakeTask, serve
+from tests.test_cvat_select import LABELS
+
+REPO = Path(__file__).resolve().parent.parent
+CLIP = make_clip(21, frames=48, objects=3)
+
+
+def video_task(corrupt_frame: int | None = None) -> FakeTask:
+    """CVAT splits a video task into frames; these are the clip's, PNG-encoded."""
+    frames = [cv2.imencode(".png", CLIP.render(n))[1].tobytes()
+              for n in range(1, CLIP.frames + 1)]
+    if corrupt_frame is not None:
+        frames[corrupt_frame] = frames[corrupt_frame][:100]
+    jobs = [{"id": 61, "task_id": 5, "start_frame": 0, "stop_frame": CLIP.frames - 1,
+             "type": "annotation", "state": "new"}]
+    return FakeTask(5, "clip.mp4", frames, [f"frame_{i:06d}.png" for i in range(len(frames))],
+                    LABELS, jobs)
+
+
+def run_annotate(url: str, env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CVAT_URL": url, "CVAT_ACCESS_TOKEN": "pat", "PYTHONPATH": str(REPO),
+           **env_extra}
+    return subprocess.run([sys.executable, "-m", "labelpilot", "annotate", *args], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def env(redis_url, shapes_model, tmp_path) -> dict[str, str]:
+    return {"REDIS_URL": redis_url, "MODEL_DIR": str(tmp_path / "models"),
+            "LABELPILOT_MODEL_DETECT": str(shapes_model)}
+
+
+def cvat_drawn(tracks: list[dict], frames: int) -> dict[int, dict[int, BBox]]:
+    """Per-frame boxes (1-based frames) as CVAT draws its tracks: linear between keyframes,
+    hidden from an `outside` keyframe until the next one."""
+    out: dict[int, dict[int, BBox]] = {}
+    for number, track in enumerate(tracks):
+        shapes = sorted(track["shapes"], key=lambda s: s["frame"])
+        drawn: dict[int, BBox] = {}
+        for i, shape in enumerate(shapes):
+            if shape["outside"]:
+                continue
+            end = shapes[i + 1]["frame"] if i + 1 < len(shapes) else frames
+            nxt = shapes[i + 1] if i + 1 < len(shapes) else shape
+            for frame in range(shape["frame"], end):
+                t = 0.0 if nxt["outside"] or nxt is shape else \
+                    (frame - shape["frame"]) / (nxt["frame"] - shape["frame"])
+                a, b = shape["points"], nxt["points"]
+                drawn[frame + 1] = BBox(*(a[k] + t * (b[k] - a[k]) for k in range(4)))
+        out[number] = drawn
+    return out
+
+
+def test_a_video_task_gets_tracks_with_keyframes_that_draw_the_truth(env):
+    cvat = FakeCvat()
+    cvat.add_task(video_task(corrupt_frame=30))
+    with serve(cvat) as url:
+        dry = run_annotate(url, env, "--cvat-task", "5", "--dry-run")
+        assert dry.returncode == 0, dry.stderr + dry.stdout
+        assert "dry run: nothing written" in dry.stdout
+        assert cvat.tasks[5].annotations["tracks"] == []
+        done = run_annotate(url, env, "--cvat-task", "5")
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert "frames that could not be decoded (1): 30:" in done.stdout, done.stdout
+        tracks = cvat.tasks[5].annotations["tracks"]
+        assert tracks and cvat.tasks[5].annotations["shapes"] == [], "tracks, not shapes"
+        assert all(t["source"] == "auto" and t["label_id"] in (1, 2, 3) for t in tracks)
+        keyframes = sum(1 for t in tracks for s in t["shapes"] if not s["outside"])
+        assert f"{len(tracks)} tracks with {keyframes} keyframes over 48 frames written" in \
+            done.stdout, done.stdout
+        assert keyframes < 0.3 * sum(len(b.boxes) for b in CLIP.tracks), "thinned"
+        truth = {t.track_id: dict(t.boxes) for t in CLIP.tracks}
+        scores = score_tracks(truth, cvat_drawn(tracks, CLIP.frames), range(1, 49))
+        assert scores.coverage >= 0.85 and scores.mean_iou >= 0.8, scores
+        assert scores.mota >= 0.75 and scores.idf1 >= 0.75, scores
+
+        again = run_annotate(url, env, "--cvat-task", "5")
+        assert again.returncode == 2 and "--clear-existing" in again.stderr, again.stderr
+        assert cvat.tasks[5].annotations["tracks"] == tracks, "nothing written twice"
+        replaced = run_annotate(url, env, "--cvat-task", "5", "--clear-existing")
+        assert replaced.returncode == 0, replaced.stderr
+        assert len(cvat.tasks[5].annotations["tracks"]) == len(tracks)
+        assert any(m == "PUT" and p.rstrip("/") == "/api/tasks/5/annotations"
+                   for m, p in cvat.requests)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--cvat-task", "9"), "CVAT answered 404"),
+    (("--cvat-task", "5", "--tracker", "sort3"), "tracker 'sort3' is not one of"),
+    (("--cvat-task", "5", "--function", "nowhere.pt"), "nowhere.pt"),
+])
+def test_bad_requests_say_what_to_change(env, args, fragment):
+    cvat = FakeCvat()
+    cvat.add_task(video_task())
+    with serve(cvat) as url:
+        result = run_annotate(url, env, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert fragment in result.stderr, result.stderr
+    assert cvat.tasks[5].annotations["tracks"] == []
