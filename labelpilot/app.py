@@ -83,7 +83,8 @@ def create_app(settings: Settings, connection: redis.Redis, *,
         predictor, Connections(connection, source_policy(settings)), connection,
         jobs.label_studio_hook(connection), auth, sam=interactive,
         defaults=control_defaults(settings), monitor=monitor,
-        on_long_video=jobs.video_hook(connection)))
+        on_long_video=jobs.video_hook(connection),
+        on_propagate=jobs.propagation_hook(connection)))
     app.register_blueprint(cvat_blueprint(
         predictor.models, predictor.current, connection, cvat, jobs.cvat_hook(connection),
         locator=model_locator(settings), sam=sam, max_pixels=settings.max_image_pixels,

@@ -407,6 +407,8 @@ def jobs(ctx: typer.Context,
         extra = f" -> {meta['version']}" if meta.get("version") else ""
         if meta.get("phase") == "done" and "flagged" in meta:
             extra = f" -> {meta['flagged']} flagged for review"
+        if meta.get("phase") == "done" and "filled" in meta:
+            extra = f" -> {meta['filled']} regions filled in annotation {meta.get('annotation')}"
         if meta.get("phase") == "done" and "tracks" in meta:
             extra = (f" -> {meta['tracks']} tracks posted to task {meta.get('task')}"
                      if meta.get("posted") else f" -> not posted: {meta.get('reason')}")

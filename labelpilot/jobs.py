@@ -16,7 +16,8 @@ import redis
 
 if TYPE_CHECKING:
     from labelpilot.adapters.cvat.webhook import TrainingRequest
-    from labelpilot.adapters.label_studio.blueprint import TrainingHook
+    from labelpilot.adapters.label_studio.blueprint import PropagationHook, TrainingHook
+    from labelpilot.adapters.label_studio.propagation import PropagationRequest
     from labelpilot.adapters.label_studio.video import LongVideoHook, VideoJobRequest
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ CVAT_JOB = "labelpilot.jobs.train_cvat"
 LABEL_ERRORS_JOB = "labelpilot.jobs.label_errors_label_studio"
 CVAT_LABEL_ERRORS_JOB = "labelpilot.jobs.label_errors_cvat"
 VIDEO_JOB = "labelpilot.jobs.track_video_label_studio"
+PROPAGATE_JOB = "labelpilot.jobs.propagate_label_studio"
 PROGRESS_EVERY_S = 1.0  # how often a video job writes its frame count to its meta
 
 
@@ -191,6 +193,63 @@ def queue_video_job(connection: redis.Redis, request: VideoJobRequest) -> str:
 def video_hook(connection: redis.Redis) -> LongVideoHook:
     """What /predict calls for a clip too long to track inside the request."""
     return partial(queue_video_job, connection)
+
+
+def propagate_label_studio(request: dict[str, Any]) -> dict[str, Any]:
+    """Fill the keyframes of a submitted LS video annotation (queued by its webhook)."""
+    from rq import get_current_job
+
+    from labelpilot.adapters.label_studio.config import parse_label_config
+    from labelpilot.adapters.label_studio.connections import Connections
+    from labelpilot.adapters.label_studio.propagation import (
+        PropagationRequest,
+        propagate_annotation,
+    )
+    from labelpilot.backends.yolo import YoloModel
+    from labelpilot.runtime import control_defaults, source_policy, video_limits, yolo_max_batch
+    from labelpilot.settings import load_settings
+
+    settings = load_settings()
+    connection = job_connection()
+    wanted = PropagationRequest(**request)
+    connections = Connections(connection, source_policy(settings))
+    connections.require_token(wanted.project_id)
+    plan = parse_label_config(connections.get(wanted.project_id).label_config or "",
+                              control_defaults(settings))
+    job = get_current_job()
+    if job is not None:
+        job.meta.update({"phase": "propagating"})
+        job.save_meta()
+    model = YoloModel(wanted.weights, device=settings.device,
+                      max_batch=yolo_max_batch(settings))
+    result = propagate_annotation(wanted, plan, connections.image_source(wanted.project_id),
+                                  model, video_limits(settings), connection)
+    if job is not None:
+        job.meta.update({"phase": "done", **result})
+        job.save_meta()
+    return result
+
+
+def queue_propagation(connection: redis.Redis, request: PropagationRequest,
+                      digest: str) -> str:
+    """One job per annotation state: the same submitted result never fills twice."""
+    from dataclasses import asdict
+
+    from labelpilot.trainers.queue import enqueue_once
+
+    queued = enqueue_once(
+        connection, PROPAGATE_JOB,
+        f"propagate-ls-{request.project_id}-{request.annotation_id}-{digest[:10]}",
+        {"request": asdict(request)},
+        description=f"fill the video keyframes of LS annotation {request.annotation_id}",
+        meta={"key": f"ls-{request.project_id}", "phase": "queued",
+              "annotation": request.annotation_id})
+    return queued.job_id
+
+
+def propagation_hook(connection: redis.Redis) -> PropagationHook:
+    """What an LS annotation webhook calls for a video annotation to fill."""
+    return partial(queue_propagation, connection)
 
 
 def label_studio_hook(connection: redis.Redis) -> TrainingHook:

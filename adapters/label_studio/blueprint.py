@@ -31,6 +31,12 @@ from labelpilot.adapters.label_studio.payloads import (
     project_id,
 )
 from labelpilot.adapters.label_studio.predictor import ModelChoice, Predictor
+from labelpilot.adapters.label_studio.propagation import (
+    PropagationRequest,
+    already_written,
+    propagating_controls,
+    result_digest,
+)
 from labelpilot.adapters.label_studio.sam_config import SamSetup, batch_plan, sam_setups
 from labelpilot.adapters.label_studio.video import LongVideoHook
 from labelpilot.adapters.label_studio.webhook import record_training_event
@@ -43,6 +49,8 @@ from labelpilot.trainers.queue_status import QueueMonitor
 log = logging.getLogger(__name__)
 TrainingHook = Callable[[WebhookEvent], Enqueued | None]
 """What a training webhook starts: queue (or count towards) a training job for the project."""
+PropagationHook = Callable[[PropagationRequest, str], str]
+"""Queue the filling of an annotation's video keyframes (request, result digest) → job id."""
 
 
 def _plan(config: str | None, defaults: ControlDefaults) -> ServingPlan:
@@ -69,11 +77,13 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
                            auth: BasicAuth | None = None, *, sam: InteractiveSam,
                            defaults: ControlDefaults | None = None,
                            monitor: QueueMonitor | None = None,
-                           on_long_video: LongVideoHook | None = None) -> Blueprint:
+                           on_long_video: LongVideoHook | None = None,
+                           on_propagate: PropagationHook | None = None) -> Blueprint:
     """The LS endpoints. `connection`: the Redis the webhook events are recorded in;
     `defaults`: the model and threshold of controls whose tags do not name them; `monitor`:
     the training queue's state for /health and the webhook replies; `on_long_video`: queues
-    the tracking of clips too long to track inside /predict."""
+    the tracking of clips too long to track inside /predict; `on_propagate`: queues the
+    filling of annotators' video keyframes (VideoRectangle with model_propagate="true")."""
     defaults = defaults or ControlDefaults()
     bp = Blueprint("label_studio", __name__)
 
@@ -190,9 +200,37 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
         WEBHOOK_EVENTS.labels(event.action, queued.outcome if queued else "recorded").inc()
         notice = worker_notice(monitor, f"project {event.project_id}: training job "
                                f"{queued.job_id} {queued.outcome}") if queued else {}
+        filling = _propagation(event)
         return jsonify({"status": "ok", "action": event.action, "project": event.project_id,
                         "event_id": entry, "job": queued.job_id if queued else None,
-                        "queue": queued.outcome if queued else "counted", **notice}), 201
+                        "queue": queued.outcome if queued else "counted", **notice,
+                        **({"propagation": filling} if filling else {})}), 201
+
+    def _propagation(event: WebhookEvent) -> str | None:
+        """Queue the filling of a submitted video annotation's keyframes, when its project
+        asks for it and the annotation is not labelpilot's own last write."""
+        annotation = event.annotation or {}
+        pid, aid = event.project_id, annotation.get("id")
+        if (on_propagate is None or pid is None or not isinstance(aid, int)
+                or event.action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")):
+            return None
+        try:
+            plan = parse_label_config(connections.get(pid).label_config or "", defaults)
+        except ConfigError:
+            return None
+        controls = propagating_controls(plan)
+        names = {c.name for c in controls}
+        result = annotation.get("result") or []
+        if not any(r.get("from_name") in names and r.get("type") == "videorectangle"
+                   for r in result if isinstance(r, dict)):
+            return None
+        digest = result_digest(result, controls)
+        if already_written(connection, aid, digest):
+            return None
+        choice = predictor.choice(controls[0], pid)
+        if choice.weights is None:
+            return None
+        return on_propagate(PropagationRequest(pid, aid, choice.weights), digest)
 
     @bp.route("/versions", methods=["GET", "POST"])
     def versions() -> Any:

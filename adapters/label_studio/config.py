@@ -60,6 +60,7 @@ class VideoSpec:
     framerate: str  # a number, or "$field" to read it from each task's data
     tracker: str  # bytetrack | botsort
     tracker_params: tuple[tuple[str, str], ...] = ()  # <tracker>_<key>="value" overrides
+    propagate: bool = False  # model_propagate="true": fill annotators' keyframes by tracking
 
     def framerate_of(self, data: dict[str, Any]) -> float:
         """The task's frame rate: the attribute's number, or its `$field` in the task data.
@@ -263,7 +264,7 @@ def _video_spec(video: Any, attrs: dict[str, str], where: str) -> VideoSpec:
                           f"{', '.join(TRACKERS)}")
     params = tuple(sorted((k[len(tracker) + 1:], v) for k, v in attrs.items()
                           if k.startswith(f"{tracker}_")))
-    return VideoSpec(framerate, tracker, params)
+    return VideoSpec(framerate, tracker, params, truthy(attrs.get("model_propagate", "")))
 
 
 def _number(attrs: dict[str, str], key: str, default: Any, kind: Callable[[str], Any],
