@@ -46,7 +46,13 @@ def train_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -
     """Train a Label Studio project's model from its current annotations."""
     from labelpilot.adapters.label_studio.connections import Connections
     from labelpilot.adapters.label_studio.training import train_project, training_ended
-    from labelpilot.runtime import control_defaults, model_locator, model_store, source_policy
+    from labelpilot.runtime import (
+        control_defaults,
+        model_locator,
+        model_store,
+        source_policy,
+        video_limits,
+    )
     from labelpilot.settings import load_settings
 
     settings = load_settings()
@@ -59,7 +65,7 @@ def train_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -
         return train_project(project_id, images, connection, model_store(settings, connection),
                              trigger, locator=model_locator(settings),
                              device=settings.device, max_pixels=settings.max_image_pixels,
-                             defaults=control_defaults(settings))
+                             defaults=control_defaults(settings), video=video_limits(settings))
     finally:
         training_ended(connection, project_id, policy.token_seconds)
 
@@ -70,7 +76,13 @@ def label_errors_label_studio(project_id: int, trigger: dict[str, Any] | None = 
     from labelpilot.adapters.label_studio.connections import Connections
     from labelpilot.adapters.label_studio.review import LabelStudioReview
     from labelpilot.adapters.label_studio.training import LabelStudioSource, training_ended
-    from labelpilot.runtime import control_defaults, model_locator, model_store, source_policy
+    from labelpilot.runtime import (
+        control_defaults,
+        model_locator,
+        model_store,
+        source_policy,
+        video_limits,
+    )
     from labelpilot.settings import load_settings
     from labelpilot.trainers.label_error_job import ErrorParams, run_label_error_job
 
@@ -83,7 +95,7 @@ def label_errors_label_studio(project_id: int, trigger: dict[str, Any] | None = 
         connections.require_token(project_id)
         images = connections.image_source(project_id)
         source = LabelStudioSource(project_id, images, settings.max_image_pixels,
-                                   control_defaults(settings))
+                                   control_defaults(settings), video_limits(settings))
         log.info("label errors ls-%s (trigger %s)", project_id, trigger)
         return run_label_error_job(source, LabelStudioReview(images.api, project_id),
                                    connection, model_store(settings, connection), params,

@@ -127,6 +127,18 @@ def test_folds_are_fixed_by_sample_id_and_balanced(tmp_path: Path) -> None:
     assert [s.sample_id for s in buckets[0]] != [f"task-{i}" for i in range(0, 50, 3)]
 
 
+def test_frames_of_one_video_share_a_fold(tmp_path: Path) -> None:
+    """A model that trained on a clip's other frames would find its labels right: near-copies."""
+    samples = [Sample(f"task-{v}-f{f:06d}", tmp_path / f"{v}-{f}.png", 10, 10,
+                      group=f"task-{v}") for v in range(9) for f in range(1, 5 + v)]
+    buckets = assign_folds(samples, 3)
+    homes = {s.group: {i for i, b in enumerate(buckets) for t in b if t.group == s.group}
+             for s in samples}
+    assert all(len(h) == 1 for h in homes.values()), homes
+    assert max(map(len, buckets)) - min(map(len, buckets)) <= 12
+    assert buckets == assign_folds(list(reversed(samples)), 3)
+
+
 @pytest.mark.parametrize(("count", "task", "folds", "classes", "message"), [
     (3, "detect", 2, CLASSES, "too few"),
     (8, "classify", 2, CLASSES, "supports detect"),

@@ -4,6 +4,7 @@ tracked by a real RQ worker that posts the prediction, with its progress visible
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def worker_backend(shapes_model, redis_url, tmp_path_factory) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("video-worker")
     env = {"REDIS_URL": redis_url, "MODEL_DIR": str(tmp / "models"),
            "LABELPILOT_VIDEO_INLINE_FRAMES": "30", "LABELPILOT_ALLOWED_HOSTS": "127.0.0.1",
-           "LABELPILOT_MODEL_DETECT": str(shapes_model)}
+           "LABELPILOT_MODEL_DETECT": str(shapes_model), "LABELPILOT_ADMIN_TOKEN": "video-admin"}
     backend = start_backend(tmp, env, workers=1)
     log = tmp / "worker.log"
     worker = start_worker(env, log)
@@ -215,3 +216,61 @@ def _jobs_line(env: dict[str, str], pid: int, job_id: str, word: str) -> str:
 def _job_done(url: str, pid: int, job_id: str) -> bool:
     jobs = requests.get(f"{url}/jobs", params={"key": f"ls-{pid}"}, timeout=10).json()["jobs"]
     return any(j["id"] == job_id and j["status"] in ("finished", "failed") for j in jobs)
+
+
+def truth_region(track, clip: SyntheticClip, every: int = 6) -> dict:  # type: ignore[no-untyped-def]
+    """An annotator's region for one truth track: a keyframe every few frames, disabled where
+    the object stops being visible."""
+    frames = sorted(track.boxes)
+    keys = []
+    for i, frame in enumerate(frames):
+        last_of_run = i + 1 == len(frames) or frames[i + 1] != frame + 1
+        if (frame - frames[0]) % every and not last_of_run and frame != frames[0]:
+            continue
+        b = track.boxes[frame]
+        keys.append({"frame": frame, "enabled": not last_of_run, "rotation": 0,
+                     "time": frame / clip.fps, "x": 100 * b.x1 / clip.width,
+                     "y": 100 * b.y1 / clip.height, "width": 100 * (b.x2 - b.x1) / clip.width,
+                     "height": 100 * (b.y2 - b.y1) / clip.height})
+    return {"from_name": "box", "to_name": "video", "type": "videorectangle", "origin": "manual",
+            "value": {"framesCount": clip.frames, "duration": clip.frames / clip.fps,
+                      "labels": [track.class_name.capitalize()], "sequence": keys}}
+
+
+def test_annotated_videos_train_a_version_that_holds_out_whole_videos(ls_admin, worker_backend):
+    backend = worker_backend["backend"]
+    admin = {"Authorization": "Bearer video-admin"}
+    pid = ls_admin.create_project("video training", CONFIG.replace(
+        ' model_propagate="true"', ""))
+    clips = {f"train{seed}.mp4": make_clip(seed, frames=48, objects=3, fps=FPS)
+             for seed in (31, 32, 33, 34, 35)}
+    truth = upload_clips(ls_admin, pid, clips, worker_backend["tmp"])
+    backend_id = ls_admin.connect_backend(pid, backend.url)
+    requests.put(f"{backend.url}/admin/projects/ls-{pid}/settings", headers=admin,
+                 json={"epochs": 8, "imgsz": 160, "batch": 8}, timeout=10).raise_for_status()
+    for task_id, clip in truth.items():
+        ls_admin.post(f"/api/tasks/{task_id}/annotations",
+                      {"result": [truth_region(t, clip) for t in clip.tracks]})
+    started = requests.post(f"{ls_admin.url}/api/ml/{backend_id}/train",
+                            headers=ls_admin.headers(), json={}, timeout=30)
+    assert started.status_code in (200, 201), started.text
+
+    def trained() -> dict | None:
+        jobs = requests.get(f"{backend.url}/jobs", params={"key": f"ls-{pid}"}, timeout=10)
+        done = [j for j in jobs.json()["jobs"] if j["id"].startswith("train-")]
+        assert not any(j["status"] == "failed" for j in done), done
+        return done[0] if done and done[0]["status"] == "finished" else None
+
+    job = wait_for(trained, 600, 3, "the training job")
+    key = f"ls-{pid}-box"
+    (written,) = (worker_backend["tmp"] / "models" / "store" / key).glob("v*/version.json")
+    version = json.loads(written.read_text())
+    assert version["metrics"]["candidate"]["map50"] >= 0.6, (version["metrics"], job["meta"])
+    splits: dict[str, set[str]] = {}
+    for entry in version["dataset"]["manifest"]:
+        splits.setdefault(entry["task"], set()).add(entry["split"])
+    assert set(splits) == {str(t) for t in truth}
+    assert all(len(s) == 1 for s in splits.values()), ("whole videos in one split", splits)
+    assert {"train", "holdout"} <= {s for kept in splits.values() for s in kept}
+    models = requests.get(f"{backend.url}/admin/models", headers=admin, timeout=10).json()
+    assert any(m["key"] == key for m in models["models"])

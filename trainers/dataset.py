@@ -101,14 +101,40 @@ _LABEL_LINES: dict[str, Callable[[Instance, int, int, int, int], str | None]] = 
 
 
 def _splits(samples: Sequence[Sample]) -> dict[str, str]:
-    splits = {s.sample_id: split_of(s.sample_id) for s in samples}
+    """Sample id → split, decided for whole groups (`Sample.group`, else the sample alone) by
+    `split_of(group)`: every frame of a video lands where the video does."""
+    unit = {s.sample_id: s.group or s.sample_id for s in samples}
+    if len(set(unit.values())) < len(SPLITS):
+        unit = _blocks(unit)
+    splits = {u: split_of(u) for u in sorted(set(unit.values()))}
     # keep every split non-empty: ultralytics refuses an empty val set
     for needed in ("holdout", "val"):
-        if samples and needed not in splits.values():
-            moved = sorted(s.sample_id for s in samples if splits[s.sample_id] == "train")
+        if splits and needed not in splits.values():
+            moved = sorted(u for u, split in splits.items() if split == "train")
             if len(moved) > 1:
                 splits[moved[0]] = needed
-    return splits
+    return {sample_id: splits[u] for sample_id, u in unit.items()}
+
+
+_BLOCKS = 10  # blocks a group is cut into when there are too few groups to fill the splits
+
+
+def _blocks(unit: dict[str, str]) -> dict[str, str]:
+    """Too few groups for three splits (one or two videos): each group of several samples is
+    cut into runs of consecutive sample ids (frames in time order), and the runs are split.
+    Neighbouring runs still share a boundary, but far less than frames split one by one."""
+    members: dict[str, list[str]] = {}
+    for sample_id, group in unit.items():
+        members.setdefault(group, []).append(sample_id)
+    out = dict(unit)
+    for group, ids in members.items():
+        if len(ids) < 2:
+            continue
+        ids.sort()
+        blocks = min(len(ids), _BLOCKS)
+        for i, sample_id in enumerate(ids):
+            out[sample_id] = f"{group}#{i * blocks // len(ids)}"
+    return out
 
 
 def build_dataset(samples: Sequence[Sample], task: str, class_names: Sequence[str],

@@ -181,10 +181,16 @@ def _hash(sample_id: str) -> str:
 
 def assign_folds(samples: Sequence[Sample], folds: int) -> list[list[Sample]]:
     """Each sample in exactly one fold, decided by the sample ids alone (not their order):
-    dealt in turn in the order of a hash of the id, so fold sizes differ by one at most."""
+    dealt in turn in the order of a hash of the id, so fold sizes differ by one at most.
+    Samples of one group (the frames of one video: near-copies) share a fold."""
     buckets: list[list[Sample]] = [[] for _ in range(folds)]
-    for n, s in enumerate(sorted(samples, key=lambda s: (_hash(s.sample_id), s.sample_id))):
-        buckets[n % folds].append(s)
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.group or s.sample_id, []).append(s)
+    for n, key in enumerate(sorted(groups, key=lambda k: (_hash(k), k))):
+        smallest = min(range(folds), key=lambda f: (len(buckets[f]), (f - n) % folds)) \
+            if len(groups) < len(samples) else n % folds
+        buckets[smallest].extend(sorted(groups[key], key=lambda s: s.sample_id))
     return buckets
 
 

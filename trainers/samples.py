@@ -19,6 +19,9 @@ class Sample:
     instances: tuple[Instance, ...] = ()
     classes: tuple[str, ...] = ()  # image-level labels (classification)
     provenance: dict[str, str] = field(default_factory=dict, hash=False)  # ids for the manifest
+    # the unit of the train/val/holdout split ("" = the sample itself): all frames of one video
+    # share it, so near-copies of a training frame never sit in the holdout
+    group: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 
 from labelpilot.adapters.label_studio.config import ControlSpec
-from labelpilot.backends.geometry import mask_to_polygon
+from labelpilot.backends.geometry import mask_to_polygon, rotated_corners
+from labelpilot.backends.keyframes import interpolate
 from labelpilot.backends.shapes import BBox, Instance, Keypoint, RotatedBox
+from labelpilot.backends.tracks import Keyframe
 
 
 def chosen_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
@@ -69,6 +71,50 @@ def task_instances(task: dict[str, Any], control: ControlSpec, width: int,
         return (), None
     found = (region_instance(r, control, width, height) for r in annotation.get("result") or [])
     return tuple(i for i in found if i is not None), annotation
+
+
+def video_boxes(annotation: dict[str, Any], control: ControlSpec, width: int, height: int,
+                last_frame: int) -> dict[int, list[Instance]]:
+    """A VideoRectangle control's `videorectangle` regions → the boxes on each frame (1-based),
+    drawn from their keyframes as LS's editor draws them (`keyframes.interpolate`; a keyframe
+    without `enabled` counts as disabled), clipped to the frame. Regions whose label is not
+    one of the control's are left out."""
+    frames: dict[int, list[Instance]] = {}
+    for region in annotation.get("result") or []:
+        if region.get("from_name") != control.name:
+            continue
+        value = region.get("value") or {}
+        labels = value.get("labels") or []
+        if not labels or labels[0] not in control.labels:
+            continue
+        keyframes = {k.frame: k for k in _keyframes(value.get("sequence") or [], width, height)}
+        for frame, box in interpolate(list(keyframes.values()), last_frame).items():
+            clipped = BBox(max(box.x1, 0), max(box.y1, 0), min(box.x2, width),
+                           min(box.y2, height))
+            if clipped.x2 - clipped.x1 >= 1 and clipped.y2 - clipped.y1 >= 1:
+                frames.setdefault(frame, []).append(Instance(labels[0], 1.0, box=clipped))
+    return frames
+
+
+def _keyframes(sequence: list[dict[str, Any]], width: int, height: int) -> list[Keyframe]:
+    """LS sequence items (percent boxes) → pixel keyframes; items without a frame number >= 1
+    or a box are dropped; of two on one frame the later wins (the editor keeps one)."""
+    out = []
+    for item in sequence:
+        try:
+            frame = int(item["frame"])
+            shape = ls_rectangle(float(item["x"]), float(item["y"]), float(item["width"]),
+                                 float(item["height"]), float(item.get("rotation") or 0),
+                                 width, height)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if frame < 1:
+            continue
+        if isinstance(shape, RotatedBox):  # the box around it: videos train upright boxes
+            xs, ys = zip(*rotated_corners(shape), strict=True)
+            shape = BBox(min(xs), min(ys), max(xs), max(ys))
+        out.append(Keyframe(frame, shape, bool(item.get("enabled", False))))
+    return out
 
 
 def task_choices(task: dict[str, Any], control: ControlSpec

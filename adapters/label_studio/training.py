@@ -7,6 +7,7 @@ with our own `Sample`s.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -19,9 +20,11 @@ import redis
 
 from labelpilot.adapters.label_studio.annotations import (
     POSE_CLASS,
+    chosen_annotation,
     task_choices,
     task_instances,
     task_poses,
+    video_boxes,
 )
 from labelpilot.adapters.label_studio.config import (
     CONTROL_TASKS,
@@ -33,7 +36,8 @@ from labelpilot.adapters.label_studio.config import (
 )
 from labelpilot.adapters.label_studio.connections import hold_token, release_token
 from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
-from labelpilot.adapters.label_studio.payloads import WebhookEvent
+from labelpilot.adapters.label_studio.payloads import Task, WebhookEvent
+from labelpilot.adapters.label_studio.video import VideoLimits, VideoTaskError, fetch_clip
 from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
@@ -44,6 +48,7 @@ from labelpilot.trainers.pipeline import Progress
 from labelpilot.trainers.samples import Sample, SampleSet, Skipped
 from labelpilot.trainers.settings import load_params
 from labelpilot.trainers.source import TrainSpec
+from labelpilot.trainers.video_samples import VideoSampling, sample_video_frames
 
 log = logging.getLogger(__name__)
 TRAINABLE = CONTROL_TASKS  # every control kind trains the model task it is served by
@@ -68,8 +73,8 @@ def trainable_control(plan: ServingPlan) -> ControlSpec:
     if trainable:
         return trainable[0]
     raise ValueError("no trainable control (RectangleLabels, PolygonLabels, BrushLabels, "
-                     "KeyPointLabels or Choices without model_path) in this project's label "
-                     "config")
+                     "KeyPointLabels, Choices or VideoRectangle without model_path) in this "
+                     "project's label config")
 
 
 def pose_boxes(plan: ServingPlan, control: ControlSpec) -> ControlSpec | None:
@@ -145,8 +150,15 @@ def training_ended(connection: redis.Redis, project_id: int, token_seconds: int)
 
 def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: ControlSpec,
                     source: ImageSource, directory: Path,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> SampleSet:
-    """The annotated tasks as samples; an annotated task whose image fails is `skipped`."""
+                    max_pixels: int = DEFAULT_MAX_PIXELS, *, video: VideoLimits | None = None,
+                    sampling: VideoSampling | None = None) -> SampleSet:
+    """The annotated tasks as samples; an annotated task whose image fails is `skipped`.
+    A VideoRectangle control's tasks give frames (`collect_video_samples`; `video`: the
+    download and decoding limits, by default `VideoLimits(max_pixels=max_pixels)`)."""
+    if control.kind == "video":
+        limits = video or VideoLimits(max_pixels=max_pixels)
+        return collect_video_samples(tasks, control, source, directory, limits,
+                                     sampling or VideoSampling())
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     for task in tasks:
@@ -177,15 +189,54 @@ def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: Con
     return SampleSet(samples, skipped)
 
 
+def collect_video_samples(tasks: list[dict[str, Any]], control: ControlSpec,
+                          source: ImageSource, directory: Path, limits: VideoLimits,
+                          sampling: VideoSampling) -> SampleSet:
+    """Each annotated video task → its sampled frames with the boxes LS draws on them (see
+    `trainers.video_samples`), one split group per task; a task whose video fails is
+    `skipped` with the reason."""
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    for task in tasks:
+        annotation = chosen_annotation(task)
+        if annotation is None:
+            continue
+        group = f"task-{task.get('id')}"
+        ids = {"task": str(task.get("id")), "annotation": str(annotation.get("id"))}
+        try:
+            clip = fetch_clip(Task(id=task.get("id"), data=task.get("data") or {}), control,
+                              source, limits)
+            boxes = video_boxes(annotation, control, clip.info.width, clip.info.height,
+                                clip.frames)
+            frames, duplicates = sample_video_frames(
+                clip.data, clip.framerate, boxes, directory / group, group=group,
+                stride=sampling.stride(clip.framerate), max_frames=sampling.max_frames,
+                min_change=sampling.min_change, max_seconds=limits.max_seconds,
+                max_pixels=limits.max_pixels)
+        except (VideoTaskError, ValueError) as exc:  # VideoError is a ValueError
+            log.warning("task %s left out of training: %s", task.get("id"), exc)
+            skipped.append(Skipped(group, str(exc), ids))
+            continue
+        made = {**ids, "completed_by": str(annotation.get("completed_by")),
+                "updated_at": str(annotation.get("updated_at")),
+                "video_frames_kept": str(len(frames)), "video_near_duplicates": str(duplicates)}
+        samples += [dataclasses.replace(f, provenance={**made, **f.provenance}) for f in frames]
+        log.info("task %s: %d frames of %d for training (%d near-duplicates skipped)",
+                 task.get("id"), len(frames), clip.frames, duplicates)
+    return SampleSet(samples, skipped)
+
+
 class LabelStudioSource:
     """LS's `LabelSource`: a project's current annotations for its trainable control."""
 
     def __init__(self, project_id: int, images: ImageSource,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, defaults: ControlDefaults | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, defaults: ControlDefaults | None = None,
+                 video: VideoLimits | None = None):
         self.project_id = project_id
         self.images = images  # the project's LS: API calls (`.api`) and task images
         self.max_pixels = max_pixels
         self.defaults = defaults  # the models of controls without model_path
+        self.video = video  # video projects: download and decoding limits
 
     @property
     def key(self) -> str:
@@ -201,7 +252,8 @@ class LabelStudioSource:
         plan, control = self._target
         tasks = self.images.api.export_tasks(self.project_id)
         progress({"phase": "downloading", "tasks": len(tasks)})
-        return collect_samples(tasks, plan, control, self.images, directory, self.max_pixels)
+        return collect_samples(tasks, plan, control, self.images, directory, self.max_pixels,
+                               video=self.video)
 
     def describe(self, samples: Sequence[Sample]) -> TrainSpec:
         plan, control = self._target
@@ -210,17 +262,19 @@ class LabelStudioSource:
         return TrainSpec(model_key=key, task=TRAINABLE[control.kind].default.name,
                          class_names=training_classes(plan, control),
                          keypoint_count=keypoint_count(control), default_model=control.model_ref,
-                         notes={"annotated_tasks": len(samples)})
+                         notes={"annotated_tasks": len({s.group or s.sample_id
+                                                        for s in samples})})
 
 
 def train_project(project_id: int, images: ImageSource, connection: redis.Redis,
                   store: ModelStore, trigger: dict[str, Any] | None = None, *,
                   locator: ModelLocator, device: str = "",
                   max_pixels: int = DEFAULT_MAX_PIXELS,
-                  defaults: ControlDefaults | None = None) -> dict[str, Any]:
+                  defaults: ControlDefaults | None = None,
+                  video: VideoLimits | None = None) -> dict[str, Any]:
     """Pull the project's annotations from LS, train, evaluate, write and maybe promote.
     (`locator`, `device`: see `run_training_job`; larger images than `max_pixels` are
-    skipped; `defaults`: see `parse_label_config`.)"""
-    source = LabelStudioSource(project_id, images, max_pixels, defaults)
+    skipped; `defaults`: see `parse_label_config`; `video`: limits for video tasks.)"""
+    source = LabelStudioSource(project_id, images, max_pixels, defaults, video)
     return run_training_job(source, connection, store, trigger, locator=locator,
                             device=device)
