@@ -337,6 +337,55 @@ def annotate_command(
     typer.echo(report.summary())
 
 
+@app.command("frames")
+def frames_command(
+    ctx: typer.Context,
+    video: str = typer.Argument(..., help="a video file or an http(s) URL"),
+    method: str = typer.Option("uniform", help="uniform | scene (where the picture changes "
+                               "most) | uncertainty (where the served detector is least sure)"),
+    count: int = typer.Option(20, "--count", help="how many frames to import"),
+    ls_project: int = typer.Option(None, "--ls-project",
+                                   help="Label Studio project (an image config)"),
+    cvat_project: int = typer.Option(None, "--cvat-project",
+                                     help="CVAT project for the new task"),
+    cvat_labels: str = typer.Option("", "--cvat-labels", help="or the new task's labels, a,b,c"),
+    cvat_task_name: str = typer.Option(None, "--cvat-task-name",
+                                       help="default: '<video> · frames (labelpilot)'"),
+    framerate: float = typer.Option(None, help="frames per second to number frames by "
+                                    "(default: the video's own)"),
+    every: int = typer.Option(1, "--every", help="scene/uncertainty: look at every k-th frame"),
+) -> None:
+    """Turn a video into image tasks worth labelling, each keeping its source video and time."""
+    import urllib3
+    from cvat_sdk.api_client.exceptions import ApiException
+
+    from labelpilot.adapters.cvat.client import CvatConfigError
+    from labelpilot.adapters.label_studio.client import LabelStudioApiError
+    from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
+    from labelpilot.frames_command import run_frames
+
+    progress = (lambda u: typer.echo(  # noqa: E731
+        f"  {u['phase']} {u.get('done', '')}/{u.get('total', '')}", err=True))
+    try:
+        summary = run_frames(
+            _settings(ctx), video, method=method, count=count, ls_project=ls_project,
+            cvat_project=cvat_project,
+            cvat_labels=[x.strip() for x in cvat_labels.split(",") if x.strip()],
+            cvat_task_name=cvat_task_name, framerate=framerate, candidates_every=every,
+            progress=progress)
+    except (ValueError, LabelStudioApiError, CvatConfigError, ModelNotFoundError,
+            ModelLoadError) as exc:
+        typer.echo(f"cannot import frames: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except ApiException as exc:
+        typer.echo(f"cannot import frames: CVAT answered {exc.status} {exc.reason}", err=True)
+        raise typer.Exit(2) from exc
+    except urllib3.exceptions.HTTPError as exc:
+        typer.echo(f"cannot import frames: CVAT could not be reached: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(summary)
+
+
 @app.command("label-errors")
 def label_errors_command(
     ctx: typer.Context,

@@ -88,7 +88,10 @@ class FakeCvat:
                                      "subtitle": ""})
                 elif path == "/api/jobs":
                     task = int(query["task_id"][0])
-                    self._page([j for j in cvat.jobs() if j["task_id"] == task], query)
+                    self._page([{"issues": {"count": 0, "url": "http://cvat/api/issues"},
+                                 "labels": {"url": f"http://cvat/api/labels?job_id={j['id']}"},
+                                 "url": f"http://cvat/api/jobs/{j['id']}", **j}
+                                for j in cvat.jobs() if j["task_id"] == task], query)
                 elif path == "/api/issues":
                     job = int(query["job_id"][0])
                     self._page([i for i in cvat.issues if i["job"] == job], query)
@@ -99,11 +102,21 @@ class FakeCvat:
                     self._send(200, {"id": task.id, "name": task.name,
                                      "project_id": task.project_id, "size": len(task.frames),
                                      "mode": "annotation", "status": "annotation",
-                                     "jobs": {"count": len(task.jobs)},
+                                     "organization": None, "owner": None, "assignee": None,
+                                     "url": f"http://cvat/api/tasks/{task.id}",
+                                     "bug_tracker": "", "dimension": "2d", "subset": "",
+                                     "segment_size": len(task.frames), "overlap": 0,
+                                     "image_quality": 70, "data": task.id,
+                                     "created_date": "2026-11-29T07:00:00Z",
+                                     "updated_date": "2026-11-29T07:00:00Z",
+                                     "jobs": {"count": len(task.jobs), "completed": sum(
+                                         j.get("state") == "completed" for j in task.jobs),
+                                              "validation": 0},
                                      "labels": {"url": f"/api/labels?task_id={task.id}"}})
                 elif m := re.fullmatch(r"/api/tasks/(\d+)/data/meta", path):
                     task = cvat.tasks[int(m[1])]
                     self._send(200, {"chunk_size": 36, "size": len(task.frames),
+                                     "chunks_updated_date": "2026-11-29T07:00:00Z",
                                      "image_quality": 70, "start_frame": 0,
                                      "stop_frame": len(task.frames) - 1, "frame_filter": "",
                                      "deleted_frames": [], "included_frames": None,
@@ -136,7 +149,7 @@ class FakeCvat:
                 elif path == "/api/tasks":
                     spec = json.loads(body)
                     cvat.created.append(spec)
-                    new_id = max(cvat.tasks) + 1
+                    new_id = max(cvat.tasks, default=0) + 1
                     cvat.add_task(FakeTask(new_id, spec["name"], [], [], spec.get("labels") or [],
                                            [], project_id=spec.get("project_id")))
                     self._send(201, {"id": new_id, "name": spec["name"],

@@ -4,6 +4,7 @@ CVAT tracks with keyframes that, interpolated the way CVAT does, draw the ground
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,3 +115,53 @@ def test_bad_requests_say_what_to_change(env, args, fragment):
     assert result.returncode == 2, result.stdout + result.stderr
     assert fragment in result.stderr, result.stderr
     assert cvat.tasks[5].annotations["tracks"] == []
+
+
+def truth_tracks(every: int = 6) -> list[dict]:
+    """An annotator's CVAT tracks of the clip: a keyframe every few frames, `outside` on the
+    frame after the object stops being visible (0-based frames, as CVAT counts)."""
+    tracks = []
+    for truth in CLIP.tracks:
+        frames = sorted(truth.boxes)
+        shapes = []
+        for i, frame in enumerate(frames):
+            ends = i + 1 == len(frames) or frames[i + 1] != frame + 1
+            if (frame - frames[0]) % every and not ends:
+                continue
+            b = truth.boxes[frame]
+            common = {"type": "rectangle", "occluded": False, "z_order": 0, "rotation": 0.0,
+                      "attributes": [], "points": [b.x1, b.y1, b.x2, b.y2]}
+            shapes.append({**common, "frame": frame - 1, "outside": False})
+            if ends and frame < CLIP.frames:
+                shapes.append({**common, "frame": frame, "outside": True})
+        tracks.append({"frame": shapes[0]["frame"], "group": 0, "source": "manual",
+                       "attributes": [], "shapes": shapes,
+                       "label_id": 1 + ["circle", "square", "triangle"].index(truth.class_name)})
+    return tracks
+
+
+def test_a_model_trains_from_cvat_tracks_drawn_on_every_frame(env, tmp_path):
+    """Tracks are labels on every frame between their keyframes, as CVAT draws them; the
+    frames of the video train as one group, and the version detects the shapes."""
+    task = video_task()
+    task.annotations["tracks"] = truth_tracks()
+    task.jobs[0]["state"] = "completed"
+    cvat = FakeCvat()
+    cvat.add_task(task)
+    base = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    settings = subprocess.run([sys.executable, "-m", "labelpilot", "settings", "cvat-task-5",
+                               "--epochs", "8", "--imgsz", "160"], env=base, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    assert settings.returncode == 0, settings.stderr
+    with serve(cvat) as url:
+        trained = subprocess.run(
+            [sys.executable, "-m", "labelpilot", "train", "--cvat-task", "5", "--wait"],
+            env={**base, "CVAT_URL": url, "CVAT_ACCESS_TOKEN": "pat"}, cwd=REPO,
+            capture_output=True, text=True, timeout=900)
+    assert trained.returncode == 0, trained.stderr[-3000:] + trained.stdout
+    (written,) = (Path(env["MODEL_DIR"]) / "store" / "cvat-task-5").glob("v*/version.json")
+    version = json.loads(written.read_text())
+    assert version["metrics"]["candidate"]["map50"] >= 0.6, version["metrics"]
+    manifest = [e for e in version["dataset"]["manifest"] if e["split"] != "skipped"]
+    keyframes = {s["frame"] for t in task.annotations["tracks"] for s in t["shapes"]}
+    assert len(manifest) == CLIP.frames > len(keyframes), "every drawn frame is a label"

@@ -69,8 +69,10 @@ class FrameLabels:
     tags: list[Any] = field(default_factory=list)
 
 
-def by_frame(annotations: Any) -> dict[int, FrameLabels]:
-    """A task's ``LabeledData`` (shapes, tags, tracks) grouped by frame index."""
+def by_frame(annotations: Any, last_frame: int | None = None) -> dict[int, FrameLabels]:
+    """A task's ``LabeledData`` (shapes, tags, tracks) grouped by frame index. Tracks are
+    drawn on every frame CVAT draws them on (`track_frames`), up to `last_frame` (the task's
+    last frame; unknown: up to each track's last keyframe)."""
     frames: dict[int, FrameLabels] = {}
     for tag in get(annotations, "tags", None) or []:
         frames.setdefault(int(get(tag, "frame")), FrameLabels()).tags.append(tag)
@@ -79,14 +81,34 @@ def by_frame(annotations: Any) -> dict[int, FrameLabels]:
     for track in get(annotations, "tracks", None) or []:
         if get(track, "elements", None):
             continue  # skeleton tracks: elements carry their own keyframes
-        for tracked in get(track, "shapes", None) or []:
-            if get(tracked, "outside", False):
-                continue
-            shape = {"type": text_value(get(tracked, "type")), "points": get(tracked, "points"),
-                     "rotation": get(tracked, "rotation", 0.0),
-                     "label_id": get(track, "label_id"), "frame": get(tracked, "frame")}
+        for shape in track_frames(track, last_frame):
             frames.setdefault(int(shape["frame"]), FrameLabels()).shapes.append(shape)
     return frames
+
+
+def track_frames(track: Any, last_frame: int | None = None) -> list[dict[str, Any]]:
+    """A CVAT track's shape on each frame CVAT draws it: from each visible keyframe up to the
+    next keyframe, rectangles interpolated linearly (other shapes held), nothing from an
+    `outside` keyframe on; after a visible last keyframe, up to `last_frame`."""
+    keys = sorted(get(track, "shapes", None) or [], key=lambda s: int(get(s, "frame")))
+    out: list[dict[str, Any]] = []
+    for i, key in enumerate(keys):
+        if get(key, "outside", False):
+            continue
+        start = int(get(key, "frame"))
+        nxt = keys[i + 1] if i + 1 < len(keys) else None
+        end = int(get(nxt, "frame")) - 1 if nxt is not None else \
+            max(start, last_frame if last_frame is not None else start)
+        kind = text_value(get(key, "type"))
+        a = [float(v) for v in get(key, "points")]
+        b = [float(v) for v in get(nxt, "points")] if nxt is not None else a
+        for frame in range(start, end + 1):
+            t = (frame - start) / (int(get(nxt, "frame")) - start) if nxt is not None else 0.0
+            points = [p + t * (q - p) for p, q in zip(a, b, strict=True)] \
+                if kind == "rectangle" and len(a) == len(b) else list(a)
+            out.append({"type": kind, "points": points, "rotation": get(key, "rotation", 0.0),
+                        "label_id": get(track, "label_id"), "frame": frame})
+    return out
 
 
 def _box_of(points: Sequence[tuple[float, float]]) -> BBox:

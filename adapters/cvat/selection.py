@@ -136,29 +136,29 @@ def score_frames(api: Any, task_id: int, frames: Sequence[int], scorer: YoloScor
     return kept, scores, skipped
 
 
-def create_batch_task(client: Any, state: TaskState, frames: Sequence[int],
-                      images: Mapping[int, Path], timeout: float = 600) -> tuple[int, int]:
-    """A new task holding `frames` in this order (one job); returns (task id, job id)."""
+def create_image_task(client: Any, name: str, images: Sequence[Path], *,
+                      project_id: int | None = None, labels: Sequence[dict[str, Any]] = (),
+                      timeout: float = 600) -> tuple[int, int]:
+    """A new task `name` of the image files, in this order, as one job, in project
+    `project_id` or with `labels` (CVAT label dicts: name, and optionally color, type,
+    attributes); returns (task id, job id)."""
     from cvat_sdk.api_client import models
     from cvat_sdk.core.uploading import DataUploader
 
     api = client.api_client
-    task = state.task
-    spec: dict[str, Any] = {"name": f"{task.get('name', task['id'])} · next {len(frames)} "
-                            "(labelpilot)", "segment_size": max(len(frames), 1)}
-    if task.get("project_id"):
-        spec["project_id"] = int(task["project_id"])
+    spec: dict[str, Any] = {"name": name, "segment_size": max(len(images), 1)}
+    if project_id is not None:
+        spec["project_id"] = int(project_id)
     else:
         spec["labels"] = [models.PatchedLabelRequest(**{k: v for k, v in label.items()
                                                          if k in _LABEL_FIELDS})
-                          for label in state.labels]
+                          for label in labels]
     _, response = api.tasks_api.create(models.TaskWriteRequest(**spec), _parse_response=False)
-    created = json_body(response)
-    new_id = int(created["id"])
+    new_id = int(json_body(response)["id"])
     url = client.api_map.make_endpoint_url(api.tasks_api.create_data_endpoint.path,
                                            kwsub={"id": new_id})
-    uploaded = DataUploader(client).upload_files(
-        url, [images[f] for f in frames], image_quality=95, sorting_method="predefined")
+    uploaded = DataUploader(client).upload_files(url, list(images), image_quality=95,
+                                                 sorting_method="predefined")
     rq_id = json_body(uploaded).get("rq_id")
     deadline = time.monotonic() + timeout
     while rq_id and time.monotonic() < deadline:
@@ -167,12 +167,23 @@ def create_batch_task(client: Any, state: TaskState, frames: Sequence[int],
         if status == "finished":
             break
         if status == "failed":
-            raise SelectionError(f"CVAT could not create the batch task {new_id}: "
+            raise SelectionError(f"CVAT could not create task {new_id}: "
                                  f"{json_body(response).get('message')}")
         time.sleep(0.5)
     jobs = json_pages(api.jobs_api.list, task_id=new_id)
     job = next((int(j["id"]) for j in jobs if j.get("type", "annotation") == "annotation"), 0)
     return new_id, job
+
+
+def create_batch_task(client: Any, state: TaskState, frames: Sequence[int],
+                      images: Mapping[int, Path], timeout: float = 600) -> tuple[int, int]:
+    """A new task holding `frames` in this order (one job); returns (task id, job id)."""
+    task = state.task
+    project = int(task["project_id"]) if task.get("project_id") else None
+    return create_image_task(client, f"{task.get('name', task['id'])} · next {len(frames)} "
+                             "(labelpilot)", [images[f] for f in frames], project_id=project,
+                             labels=() if project is not None else state.labels,
+                             timeout=timeout)
 
 
 def select_frames(client: Any, task_id: int, store: ModelStore, locator: ModelLocator, *,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,8 +45,10 @@ from labelpilot.trainers.job import run_training_job
 from labelpilot.trainers.pipeline import Progress
 from labelpilot.trainers.samples import Sample, SampleSet, Skipped
 from labelpilot.trainers.source import TrainSpec
+from labelpilot.trainers.video_samples import VideoSampling
 
 log = logging.getLogger(__name__)
+MAX_VIDEO_FRAMES = VideoSampling().max_frames  # frames of one video task that train, at most
 KINDS = ("task", "project")
 
 
@@ -101,11 +104,13 @@ def _export_task(task: Any, directory: Path) -> None:
     for job in task.get_jobs():
         if text_value(getattr(job, "state", "")) == "completed":
             completed.update(range(int(job.start_frame), int(job.stop_frame) + 1))
-    labelled = set(by_frame(annotations))
+    labelled = set(by_frame(annotations, size - 1))
+    video = len(infos) == 1 and size > 1  # CVAT keeps one frame entry for a video task
+    wanted = [i for i in sorted((labelled | completed) - deleted) if i < size]
+    if video:  # neighbouring frames are near-copies: a spread of at most MAX_VIDEO_FRAMES
+        wanted = wanted[::max(1, math.ceil(len(wanted) / MAX_VIDEO_FRAMES))]
     entries = []
-    for index in sorted((labelled | completed) - deleted):
-        if index >= size:
-            continue
+    for index in wanted:
         info = infos[index] if index < len(infos) else infos[0]  # video: one entry for all
         try:
             image = decode_image(task.get_frame(index, quality="original").read())
@@ -118,7 +123,8 @@ def _export_task(task: Any, directory: Path) -> None:
         cv2.imwrite(str(path), image)
         entries.append({"index": index, "name": str(getattr(info, "name", index)),
                         "file": f"frames/{index}.png", "width": image.shape[1],
-                        "height": image.shape[0], "completed": index in completed})
+                        "height": image.shape[0], "completed": index in completed,
+                        "video": video})
     (directory / "frames.json").write_text(json.dumps(entries))
 
 
@@ -127,8 +133,10 @@ def snapshot_samples(snapshot: Path) -> tuple[list[Sample], dict[int, Any]]:
     labels = label_infos(json.loads((snapshot / "labels.json").read_text()))
     samples: list[Sample] = []
     for task_dir in sorted((snapshot / "tasks").iterdir(), key=lambda p: p.name):
-        frames = by_frame(json.loads((task_dir / "annotations.json").read_text()))
-        for entry in json.loads((task_dir / "frames.json").read_text()):
+        entries = json.loads((task_dir / "frames.json").read_text())
+        last = max((int(e["index"]) for e in entries), default=None)
+        frames = by_frame(json.loads((task_dir / "annotations.json").read_text()), last)
+        for entry in entries:
             if "skipped" in entry:
                 continue
             index = int(entry["index"])
@@ -140,6 +148,7 @@ def snapshot_samples(snapshot: Path) -> tuple[list[Sample], dict[int, Any]]:
             samples.append(Sample(
                 sample_id=f"cvat-t{task_dir.name}-f{index}", image=task_dir / entry["file"],
                 width=width, height=height, instances=instances, classes=tags,
+                group=f"cvat-t{task_dir.name}" if entry.get("video") else "",
                 provenance={"task": task_dir.name, "frame": str(index),
                             "name": str(entry.get("name", ""))}))
     return samples, labels
