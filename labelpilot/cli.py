@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -258,32 +259,45 @@ def select_command(
 
 def _select_cvat(settings: Settings, connection: Any, task: int, count: int, strategy: str,
                  seed: int, progress: Callable[[dict[str, Any]], None]) -> str:
-    import urllib3
-    from cvat_sdk.api_client.exceptions import ApiException
-
-    from labelpilot.adapters.cvat.client import CvatConfigError, cvat_client
+    from labelpilot.adapters.cvat.client import cvat_client
     from labelpilot.adapters.cvat.selection import select_frames
-    from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
     from labelpilot.runtime import control_defaults, cvat_access, model_locator, model_store
     from labelpilot.trainers.selection import SelectionError
 
-    try:
+    with _cvat_errors("select", SelectionError):
         report = select_frames(
             cvat_client(cvat_access(settings)), task, model_store(settings, connection),
             model_locator(settings), count=count, strategy=strategy, seed=seed,
             device=settings.device, default_model=control_defaults(settings).model("detect"),
             progress=progress)
-    except (SelectionError, CvatConfigError, ModelNotFoundError, ModelLoadError) as exc:
-        typer.echo(f"cannot select: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except ApiException as exc:
-        typer.echo(f"cannot select: CVAT answered {exc.status} {exc.reason} "
-                   f"({str(exc.body or '')[:200]})", err=True)
-        raise typer.Exit(2) from exc
-    except urllib3.exceptions.HTTPError as exc:
-        typer.echo(f"cannot select: CVAT could not be reached: {exc}", err=True)
-        raise typer.Exit(2) from exc
     return report.summary()
+
+
+@contextmanager
+def _cvat_errors(verb: str, *expected: type[Exception]) -> Iterator[None]:
+    """A CVAT command's errors as one line on stderr and exit status 2: the `expected` ones,
+    bad CVAT settings, models that cannot be had, CVAT's error answers, CVAT unreachable."""
+    import urllib3
+    from cvat_sdk.api_client.exceptions import ApiException
+
+    from labelpilot.adapters.cvat.client import CvatConfigError
+    from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError, ModelRefRefused
+
+    known: tuple[type[Exception], ...] = (*expected, CvatConfigError, ModelNotFoundError,
+                                          ModelLoadError, ModelRefRefused)
+    try:
+        yield
+    except known as exc:
+        message = str(exc)
+    except ApiException as exc:
+        message = (f"CVAT answered {exc.status} {exc.reason} "
+                   f"({str(exc.body or '')[:200]})")
+    except urllib3.exceptions.HTTPError as exc:
+        message = f"CVAT could not be reached: {exc}"
+    else:
+        return
+    typer.echo(f"cannot {verb}: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command("annotate")
@@ -301,12 +315,8 @@ def annotate_command(
 ) -> None:
     """Detect and track objects through a CVAT task and write them as tracks with keyframes
     (not one shape per frame)."""
-    import urllib3
-    from cvat_sdk.api_client.exceptions import ApiException
-
-    from labelpilot.adapters.cvat.client import CvatConfigError, cvat_client
+    from labelpilot.adapters.cvat.client import cvat_client
     from labelpilot.adapters.cvat.video_tracks import AnnotateError, annotate_task
-    from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError, ModelRefRefused
     from labelpilot.backends.tracking import TrackerError, TrackerSpec, tracker_settings
     from labelpilot.redis_conn import connect
     from labelpilot.runtime import control_defaults, cvat_access, model_locator, model_store
@@ -314,7 +324,7 @@ def annotate_command(
     settings = _settings(ctx)
     progress = (lambda u: typer.echo(  # noqa: E731
         f"  {u['phase']} frame {u.get('done')}/{u.get('total')}", err=True))
-    try:
+    with _cvat_errors("annotate", AnnotateError, TrackerError):
         spec = TrackerSpec(tracker)
         tracker_settings(spec)
         report = annotate_task(
@@ -323,17 +333,6 @@ def annotate_command(
             default_model=control_defaults(settings).model("detect"), model=function or None,
             tracker=spec, min_iou=settings.video_keyframe_iou, dry_run=dry_run,
             clear_existing=clear_existing, device=settings.device, progress=progress)
-    except (AnnotateError, TrackerError, CvatConfigError, ModelNotFoundError, ModelLoadError,
-            ModelRefRefused) as exc:
-        typer.echo(f"cannot annotate: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except ApiException as exc:
-        typer.echo(f"cannot annotate: CVAT answered {exc.status} {exc.reason} "
-                   f"({str(exc.body or '')[:200]})", err=True)
-        raise typer.Exit(2) from exc
-    except urllib3.exceptions.HTTPError as exc:
-        typer.echo(f"cannot annotate: CVAT could not be reached: {exc}", err=True)
-        raise typer.Exit(2) from exc
     typer.echo(report.summary())
 
 
@@ -356,33 +355,18 @@ def frames_command(
     every: int = typer.Option(1, "--every", help="scene/uncertainty: look at every k-th frame"),
 ) -> None:
     """Turn a video into image tasks worth labelling, each keeping its source video and time."""
-    import urllib3
-    from cvat_sdk.api_client.exceptions import ApiException
-
-    from labelpilot.adapters.cvat.client import CvatConfigError
     from labelpilot.adapters.label_studio.client import LabelStudioApiError
-    from labelpilot.backends.errors import ModelLoadError, ModelNotFoundError
     from labelpilot.frames_command import run_frames
 
     progress = (lambda u: typer.echo(  # noqa: E731
         f"  {u['phase']} {u.get('done', '')}/{u.get('total', '')}", err=True))
-    try:
+    with _cvat_errors("import frames", ValueError, LabelStudioApiError):
         summary = run_frames(
             _settings(ctx), video, method=method, count=count, ls_project=ls_project,
             cvat_project=cvat_project,
             cvat_labels=[x.strip() for x in cvat_labels.split(",") if x.strip()],
             cvat_task_name=cvat_task_name, framerate=framerate, candidates_every=every,
             progress=progress)
-    except (ValueError, LabelStudioApiError, CvatConfigError, ModelNotFoundError,
-            ModelLoadError) as exc:
-        typer.echo(f"cannot import frames: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except ApiException as exc:
-        typer.echo(f"cannot import frames: CVAT answered {exc.status} {exc.reason}", err=True)
-        raise typer.Exit(2) from exc
-    except urllib3.exceptions.HTTPError as exc:
-        typer.echo(f"cannot import frames: CVAT could not be reached: {exc}", err=True)
-        raise typer.Exit(2) from exc
     typer.echo(summary)
 
 

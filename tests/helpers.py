@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import random
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import Iterator
@@ -16,6 +19,23 @@ from pathlib import Path
 import cv2
 
 from labelpilot.synthetic import ShapeBox, make_image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 300
+            ) -> subprocess.CompletedProcess[str]:
+    """`labelpilot ARGS` in its own process, as an admin runs it (`env` on top of ours)."""
+    return subprocess.run([sys.executable, "-m", "labelpilot", *args], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_cvat_cli(url: str, env: dict[str, str], *args: str,
+                 timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`labelpilot ARGS` against the CVAT at `url` (a personal access token)."""
+    return run_cli(*args, env={"CVAT_URL": url, "CVAT_ACCESS_TOKEN": "pat", **env},
+                   timeout=timeout)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,7 @@ CVAT tracks with keyframes that, interpolated the way CVAT does, draw the ground
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -17,9 +15,9 @@ from bench.track_scores import score_tracks
 from labelpilot.backends.shapes import BBox
 from labelpilot.synthetic_video import make_clip
 from tests.fake_cvat import FakeCvat, FakeTask, serve
+from tests.helpers import run_cli, run_cvat_cli
 from tests.test_cvat_select import LABELS
 
-REPO = Path(__file__).resolve().parent.parent
 CLIP = make_clip(21, frames=48, objects=3)
 
 
@@ -36,10 +34,7 @@ def video_task(corrupt_frame: int | None = None) -> FakeTask:
 
 
 def run_annotate(url: str, env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CVAT_URL": url, "CVAT_ACCESS_TOKEN": "pat", "PYTHONPATH": str(REPO),
-           **env_extra}
-    return subprocess.run([sys.executable, "-m", "labelpilot", "annotate", *args], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return run_cvat_cli(url, env_extra, "annotate", *args)
 
 
 @pytest.fixture()
@@ -148,16 +143,10 @@ def test_a_model_trains_from_cvat_tracks_drawn_on_every_frame(env, tmp_path):
     task.jobs[0]["state"] = "completed"
     cvat = FakeCvat()
     cvat.add_task(task)
-    base = {**os.environ, "PYTHONPATH": str(REPO), **env}
-    settings = subprocess.run([sys.executable, "-m", "labelpilot", "settings", "cvat-task-5",
-                               "--epochs", "8", "--imgsz", "160"], env=base, cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+    settings = run_cli("settings", "cvat-task-5", "--epochs", "8", "--imgsz", "160", env=env)
     assert settings.returncode == 0, settings.stderr
     with serve(cvat) as url:
-        trained = subprocess.run(
-            [sys.executable, "-m", "labelpilot", "train", "--cvat-task", "5", "--wait"],
-            env={**base, "CVAT_URL": url, "CVAT_ACCESS_TOKEN": "pat"}, cwd=REPO,
-            capture_output=True, text=True, timeout=900)
+        trained = run_cvat_cli(url, env, "train", "--cvat-task", "5", "--wait", timeout=900)
     assert trained.returncode == 0, trained.stderr[-3000:] + trained.stdout
     (written,) = (Path(env["MODEL_DIR"]) / "store" / "cvat-task-5").glob("v*/version.json")
     version = json.loads(written.read_text())

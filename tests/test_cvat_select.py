@@ -4,17 +4,14 @@ shapes model and the batch becomes a new task of the same project, frames in ran
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.fake_cvat import FakeCvat, FakeTask, serve
-from tests.helpers import generate_images
+from tests.helpers import generate_images, run_cvat_cli
 
-REPO = Path(__file__).resolve().parent.parent
 LABELS = [{"id": 1, "name": "circle", "color": "#e6194b", "type": "rectangle", "attributes": []},
           {"id": 2, "name": "square", "color": "#3cb44b", "type": "rectangle", "attributes": []},
           {"id": 3, "name": "triangle", "color": "#4363d8", "type": "rectangle",
@@ -44,10 +41,7 @@ def source_task(tmp: Path, project: int | None) -> FakeTask:
 
 
 def run_select(url: str, env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CVAT_URL": url, "CVAT_ACCESS_TOKEN": "pat", "PYTHONPATH": str(REPO),
-           **env_extra}
-    return subprocess.run([sys.executable, "-m", "labelpilot", "select", *args], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return run_cvat_cli(url, env_extra, "select", *args)
 
 
 @pytest.fixture()
