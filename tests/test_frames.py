@@ -183,18 +183,18 @@ def _pngs(bodies: list[bytes]) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("project", [7, None], ids=["in-a-project", "own-labels"])
-def test_frames_become_a_cvat_task_named_by_frame_and_time(monkeypatch, cut_clip, project):
-    from labelpilot.frames_command import run_frames
-    from labelpilot.settings import load_settings
+def test_frames_become_a_cvat_task_named_by_frame_and_time(cut_clip, project):
+    """`labelpilot frames VIDEO --cvat-...`, as an admin runs it."""
+    from tests.helpers import run_cvat_cli
 
     cvat = RecordingCvat()
     cvat.add_task(FakeTask(5, "existing", [], [], LABELS, []))
+    target = ["--cvat-project", "7"] if project else ["--cvat-labels", "circle,square"]
     with serve(cvat) as url:
-        monkeypatch.setenv("CVAT_URL", url)
-        monkeypatch.setenv("CVAT_ACCESS_TOKEN", "pat")
-        summary = run_frames(load_settings(), str(cut_clip), method="scene", count=3,
-                             framerate=FPS, cvat_project=project,
-                             cvat_labels=() if project else ("circle", "square"))
+        done = run_cvat_cli(url, {}, "frames", str(cut_clip), "--method", "scene", "--count",
+                            "3", "--framerate", str(FPS), *target)
+    assert done.returncode == 0, done.stderr + done.stdout
+    summary = done.stdout
     (spec,) = cvat.created
     assert spec["name"] == "three-scenes.mp4 · frames (labelpilot)"
     if project is None:
