@@ -64,6 +64,18 @@ def tracker_settings(spec: TrackerSpec) -> Any:
     return IterableSimpleNamespace(**cfg)
 
 
+def make_tracker(spec: TrackerSpec) -> Any:
+    """A fresh tracker of `spec` (TrackerError when ultralytics refuses one of its settings,
+    e.g. an unknown `botsort_gmc_method`)."""
+    settings = tracker_settings(spec)
+    from ultralytics.trackers.track import TRACKER_MAP
+
+    try:
+        return TRACKER_MAP[spec.name](args=settings)
+    except (ValueError, TypeError, KeyError, AssertionError) as exc:
+        raise TrackerError(f"{spec.name} refused its settings: {exc}") from exc
+
+
 def _typed(key: str, text: str, default: Any, tracker: str) -> Any:
     try:
         if isinstance(default, bool):
@@ -89,10 +101,7 @@ def track_video(model: YoloModel, frames: Iterable[VideoFrame], *,
                 stitch_gap: int = STITCH_GAP) -> list[Track]:
     """Every track the tracker confirmed, by first frame; tracks of one object split by an
     occlusion of up to `stitch_gap` frames are joined (`stitch_tracks`; 0: never)."""
-    import_ultralytics()
-    from ultralytics.trackers.track import TRACKER_MAP
-
-    tracker: Any = TRACKER_MAP[spec.name](args=tracker_settings(spec))
+    tracker = make_tracker(spec)
     boxes: dict[int, list[TrackBox]] = {}
     classes: dict[int, Counter[int]] = {}
     pending: list[VideoFrame] = []

@@ -164,7 +164,8 @@ def _decode(data: bytes, rate: float, info: VideoInfo, numbers: range, max_secon
         raise VideoError(f"the video has no frames that can be decoded (its header says "
                          f"{info.duration:.2f} s): it is truncated or corrupt; upload it again "
                          "or re-encode it, e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
-    if number is not None and held_time < 0.8 * info.duration - 1.0:
+    # a picture lasts until the next one: the last starts about one frame before the end
+    if number is not None and held_time < min(0.95 * info.duration, info.duration - 1.0):
         raise VideoError(f"the video is truncated: its header says {info.duration:.2f} s but "
                          f"frames stop at {held_time:.2f} s; upload the whole file")
     while number is not None:  # the last picture stays on screen to the end

@@ -317,7 +317,7 @@ def annotate_command(
     (not one shape per frame)."""
     from labelpilot.adapters.cvat.client import cvat_client
     from labelpilot.adapters.cvat.video_tracks import AnnotateError, annotate_task
-    from labelpilot.backends.tracking import TrackerError, TrackerSpec, tracker_settings
+    from labelpilot.backends.tracking import TrackerError, TrackerSpec, make_tracker
     from labelpilot.redis_conn import connect
     from labelpilot.runtime import control_defaults, cvat_access, model_locator, model_store
 
@@ -326,7 +326,7 @@ def annotate_command(
         f"  {u['phase']} frame {u.get('done')}/{u.get('total')}", err=True))
     with _cvat_errors("annotate", AnnotateError, TrackerError):
         spec = TrackerSpec(tracker)
-        tracker_settings(spec)
+        make_tracker(spec)
         report = annotate_task(
             cvat_client(cvat_access(settings)), cvat_task,
             model_store(settings, connect(settings)), model_locator(settings),

@@ -190,13 +190,18 @@ def queue_video_job(connection: redis.Redis, request: VideoJobRequest) -> str:
     """Queue the tracking of a long clip (one job per task, control and model version)."""
     from dataclasses import asdict
 
+    from labelpilot.adapters.label_studio.video import VideoTaskError
     from labelpilot.adapters.label_studio.video_job import video_job_id
-    from labelpilot.trainers.queue import enqueue_once
+    from labelpilot.trainers.queue import RETRY_FAILED_AFTER_S, enqueue_once, failure_reason
 
     queued = enqueue_once(
         connection, VIDEO_JOB, video_job_id(request), {"request": asdict(request)},
         description=f"track the video of LS task {request.task_id}",
         meta={"key": f"ls-{request.project_id}", "phase": "queued", "task": request.task_id})
+    if queued.outcome == "failed":
+        raise VideoTaskError(
+            f"tracking job {queued.job_id} failed: {failure_reason(connection, queued.job_id)} "
+            f"(asking again after {RETRY_FAILED_AFTER_S // 60} minutes retries it)")
     log.info("task %s: video tracking job %s %s", request.task_id, queued.job_id,
              queued.outcome)
     return queued.job_id

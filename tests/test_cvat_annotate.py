@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
@@ -154,3 +155,35 @@ def test_a_model_trains_from_cvat_tracks_drawn_on_every_frame(env, tmp_path):
     manifest = [e for e in version["dataset"]["manifest"] if e["split"] != "skipped"]
     keyframes = {s["frame"] for t in task.annotations["tracks"] for s in t["shapes"]}
     assert len(manifest) == CLIP.frames > len(keyframes), "every drawn frame is a label"
+
+
+def test_cvat_tracks_are_drawn_on_the_frames_cvat_draws_them():
+    from labelpilot.adapters.cvat.annotations import by_frame, labelled_frames
+
+    def key(frame: int, x: float, outside: bool = False) -> dict:
+        return {"type": "rectangle", "frame": frame, "points": [x, 0, x + 10, 10],
+                "outside": outside}
+
+    track = {"label_id": 1, "shapes": [key(2, 0), key(6, 4), key(8, 4, True), key(10, 20)]}
+    annotations = {"tags": [], "shapes": [], "tracks": [track]}
+    assert labelled_frames(annotations, 12) == {2, 3, 4, 5, 6, 7, 10, 11, 12}
+    frames = by_frame(annotations, 12)
+    assert set(frames) == {2, 3, 4, 5, 6, 7, 10, 11, 12}
+    assert frames[4].shapes[0]["points"] == [2, 0, 12, 10]  # halfway from 2 to 6
+    assert frames[12].shapes[0]["points"] == [20, 0, 30, 10]  # the last keyframe holds
+    assert set(by_frame(annotations, 12, only={4, 9, 11})) == {4, 11}
+
+
+def test_one_video_is_split_in_runs_of_consecutive_frames():
+    """CVAT's frame ids are not zero-padded ("f12" sorts before "f9" as text): runs follow
+    frame numbers, so near-copies stay together."""
+    from labelpilot.trainers.dataset import _splits
+    from labelpilot.trainers.samples import Sample
+
+    samples = [Sample(f"cvat-t5-f{i}", Path(f"{i}.png"), 10, 10, group="cvat-t5")
+               for i in range(0, 300, 3)]
+    splits = _splits(samples)
+    along = [splits[s.sample_id] for s in samples]
+    changes = sum(a != b for a, b in pairwise(along))
+    assert changes <= 9, along
+    assert {"train", "val", "holdout"} <= set(along)

@@ -151,11 +151,27 @@ def test_tracker_settings_on_the_control_are_checked(make_client, videos):
                            'model_tracker="bytetrack" bytetrack_track_buffer="60"')
     assert predict(client, [video_task(1, f"{videos['url']}/clip.mp4")], tuned).status_code == 200
     for attribute, fragment in (('bytetrack_nonsense="1"', "has no setting 'nonsense'"),
-                                ('bytetrack_track_buffer="lots"', "is not a int")):
+                                ('bytetrack_track_buffer="lots"', "is not a int"),
+                                ('model_tracker="botsort" botsort_gmc_method="foo"',
+                                 "Unknown GMC method: foo")):
         wrong = CONFIG.replace('model_tracker="bytetrack"',
-                               f'model_tracker="bytetrack" {attribute}')
+                               attribute if attribute.startswith("model_tracker")
+                               else f'model_tracker="bytetrack" {attribute}')
         answer = predict(client, [video_task(1, f"{videos['url']}/clip.mp4")], wrong)
         assert answer.status_code == 422 and fragment in answer.json["error"], answer.json
+
+
+def test_the_inline_frames_are_a_budget_for_the_whole_request(make_client, videos, redis_url):
+    """Two 60-frame clips with 100 frames inline: the first is tracked, the second queued."""
+    client = make_client(LABELPILOT_VIDEO_INLINE_FRAMES="100")
+    answer = predict(client, [video_task(1, f"{videos['url']}/clip.mp4"),
+                              video_task(2, f"{videos['url']}/clip.webm")])
+    assert answer.status_code == 200, answer.json
+    first, second = answer.json["results"]
+    assert first["result"] and "result" not in second
+    (queued,) = answer.json["jobs"]
+    assert queued["task"] == 2
+    Job.fetch(queued["job"], connection=redis.Redis.from_url(redis_url)).delete()
 
 
 def test_a_long_clip_is_queued_once_and_the_answer_comes_at_once(make_client, videos, redis_url):
@@ -196,3 +212,24 @@ def test_without_a_queue_a_long_clip_fails_with_what_to_change(videos, shapes_mo
                                               "fps": FPS})],
                             plan, ImageSource(allowed_hosts=frozenset({"127.0.0.1"})))
     assert "more than LABELPILOT_VIDEO_INLINE_FRAMES=10" in out[0]["error"]
+
+
+def test_a_failed_tracking_job_is_reported_and_not_redone_at_once(make_client, videos,
+                                                                   redis_url):
+    from rq import Queue, SimpleWorker
+
+    client = make_client(LABELPILOT_VIDEO_INLINE_FRAMES="20")
+    connection = redis.Redis.from_url(redis_url)
+    task = video_task(9, f"{videos['url']}/long.mp4")
+    (queued,) = predict(client, [task]).json["jobs"]
+    queue = Queue("labelpilot", connection=connection)
+    assert queue.job_ids == [queued["job"]]
+    # the worker has no Label Studio token for project 41: the job fails, with its reason
+    SimpleWorker([queue], connection=connection).work(burst=True)
+    assert Job.fetch(queued["job"], connection=connection).get_status() == "failed"
+    again = predict(client, [task]).json
+    assert "jobs" not in again and queue.job_ids == []
+    (error,) = again["errors"]
+    assert f"tracking job {queued['job']} failed:" in error["error"], error
+    assert "token" in error["error"].lower(), error
+    Job.fetch(queued["job"], connection=connection).delete()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,11 @@ def _splits(samples: Sequence[Sample]) -> dict[str, str]:
 _BLOCKS = 10  # blocks a group is cut into when there are too few groups to fill the splits
 
 
+def _natural(text: str) -> list[int | str]:
+    """A sort key that orders the numbers inside `text` by value."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def _blocks(unit: dict[str, str]) -> dict[str, str]:
     """Too few groups for three splits (one or two videos): each group of several samples is
     cut into runs of consecutive sample ids (frames in time order), and the runs are split.
@@ -130,7 +136,7 @@ def _blocks(unit: dict[str, str]) -> dict[str, str]:
     for group, ids in members.items():
         if len(ids) < 2:
             continue
-        ids.sort()
+        ids.sort(key=_natural)  # "f12" after "f9": CVAT's frame ids are not zero-padded
         blocks = min(len(ids), _BLOCKS)
         for i, sample_id in enumerate(ids):
             out[sample_id] = f"{group}#{i * blocks // len(ids)}"

@@ -203,3 +203,8 @@ def _check(count: int, method: str, scorer: FrameScorer | None, every: int,
         raise FrameSamplingError(f"min_spacing must be >= 0 seconds, got {min_spacing!r}")
     if method == "uncertainty" and scorer is None:
         raise FrameSamplingError("uncertainty sampling needs a model to score the frames")
+
+
+def frame_file_name(frame: VideoFrame) -> str:
+    """`f<frame>_t<seconds>s.png`: the frame number and timestamp survive in the file name."""
+    return f"f{frame.number}_t{frame.time:.3f}s.png"

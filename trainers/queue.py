@@ -28,6 +28,7 @@ _ALIVE = "labelpilot:train:alive:{}"
 _COALESCED = "labelpilot:train:coalesced"  # job id → requests that joined it
 ALIVE_TTL_S = 20  # a training job refreshes this every few seconds while its process lives
 _WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+RETRY_FAILED_AFTER_S = 600  # a failed one-off job is queued again only after this long
 
 
 @dataclass(frozen=True)
@@ -176,13 +177,30 @@ def jobs(connection: redis.Redis, key: str | None = None, limit: int = 20) -> li
 
 
 def enqueue_once(connection: redis.Redis, func: str, job_id: str, kwargs: dict[str, Any], *,
-                 description: str, meta: dict[str, Any], timeout: int = JOB_TIMEOUT) -> Enqueued:
-    """Queue `func` as job `job_id` unless that job already waits or runs (then join it)."""
-    existing = _job(connection, job_id)
-    if existing is not None and existing.get_status(refresh=True) in (*_WAITING,
-                                                                     JobStatus.STARTED):
-        return Enqueued(job_id, "coalesced")
-    Queue(QUEUE_NAME, connection=connection).enqueue(
-        func, kwargs=kwargs, job_id=job_id, job_timeout=timeout, result_ttl=7 * 86400,
-        failure_ttl=30 * 86400, description=description, meta=meta)
-    return Enqueued(job_id, "enqueued")
+                 description: str, meta: dict[str, Any], timeout: int = JOB_TIMEOUT,
+                 retry_after_s: float = RETRY_FAILED_AFTER_S) -> Enqueued:
+    """Queue `func` as job `job_id` unless that job already waits or runs (then join it), or
+    failed less than `retry_after_s` ago (outcome "failed": asking again does not redo a
+    failure at once). Two callers at the same moment queue it once."""
+    with _lock(connection, f"enqueue:{job_id}"):
+        existing = _job(connection, job_id)
+        if existing is not None:
+            status = existing.get_status(refresh=True)
+            if status in (*_WAITING, JobStatus.STARTED):
+                return Enqueued(job_id, "coalesced")
+            ended = existing.ended_at.timestamp() if existing.ended_at else 0.0
+            if status == JobStatus.FAILED and time.time() - ended < retry_after_s:
+                return Enqueued(job_id, "failed")
+        Queue(QUEUE_NAME, connection=connection).enqueue(
+            func, kwargs=kwargs, job_id=job_id, job_timeout=timeout, result_ttl=7 * 86400,
+            failure_ttl=30 * 86400, description=description, meta=meta)
+        return Enqueued(job_id, "enqueued")
+
+
+def failure_reason(connection: redis.Redis, job_id: str) -> str:
+    """The last line of a failed job's error (or its meta's `error`)."""
+    job = _job(connection, job_id)
+    if job is None:
+        return "the job is gone"
+    lines = (job.exc_info or "").strip().splitlines()
+    return str(job.meta.get("error") or (lines[-1] if lines else "no reason recorded"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,10 +69,12 @@ class FrameLabels:
     tags: list[Any] = field(default_factory=list)
 
 
-def by_frame(annotations: Any, last_frame: int | None = None) -> dict[int, FrameLabels]:
+def by_frame(annotations: Any, last_frame: int | None = None,
+             only: Container[int] | None = None) -> dict[int, FrameLabels]:
     """A task's ``LabeledData`` (shapes, tags, tracks) grouped by frame index. Tracks are
     drawn on every frame CVAT draws them on (`track_frames`), up to `last_frame` (the task's
-    last frame; unknown: up to each track's last keyframe)."""
+    last frame; unknown: up to each track's last keyframe), on the frames in `only` if given
+    (an hour of video holds a track on 86,400 frames: expand only those that are used)."""
     frames: dict[int, FrameLabels] = {}
     for tag in get(annotations, "tags", None) or []:
         frames.setdefault(int(get(tag, "frame")), FrameLabels()).tags.append(tag)
@@ -81,28 +83,56 @@ def by_frame(annotations: Any, last_frame: int | None = None) -> dict[int, Frame
     for track in get(annotations, "tracks", None) or []:
         if get(track, "elements", None):
             continue  # skeleton tracks: elements carry their own keyframes
-        for shape in track_frames(track, last_frame):
+        for shape in track_frames(track, last_frame, only):
             frames.setdefault(int(shape["frame"]), FrameLabels()).shapes.append(shape)
     return frames
 
 
-def track_frames(track: Any, last_frame: int | None = None) -> list[dict[str, Any]]:
-    """A CVAT track's shape on each frame CVAT draws it: from each visible keyframe up to the
-    next keyframe, rectangles interpolated linearly (other shapes held), nothing from an
-    `outside` keyframe on; after a visible last keyframe, up to `last_frame`."""
+def labelled_frames(annotations: Any, last_frame: int) -> set[int]:
+    """Every frame that holds a label: shapes, tags, and the frames tracks are drawn on."""
+    found = {int(get(item, "frame")) for kind in ("tags", "shapes")
+             for item in get(annotations, kind, None) or []}
+    for track in get(annotations, "tracks", None) or []:
+        if get(track, "elements", None):
+            continue
+        for start, end in _track_spans(track, last_frame):
+            found.update(range(start, end + 1))
+    return found
+
+
+def _track_spans(track: Any, last_frame: int | None) -> list[tuple[int, int]]:
+    """(first, last) frames of each stretch a track is drawn over, with its keyframe."""
     keys = sorted(get(track, "shapes", None) or [], key=lambda s: int(get(s, "frame")))
-    out: list[dict[str, Any]] = []
+    spans = []
     for i, key in enumerate(keys):
         if get(key, "outside", False):
             continue
         start = int(get(key, "frame"))
-        nxt = keys[i + 1] if i + 1 < len(keys) else None
-        end = int(get(nxt, "frame")) - 1 if nxt is not None else \
+        end = int(get(keys[i + 1], "frame")) - 1 if i + 1 < len(keys) else \
             max(start, last_frame if last_frame is not None else start)
+        spans.append((start, end))
+    return spans
+
+
+def track_frames(track: Any, last_frame: int | None = None,
+                 only: Container[int] | None = None) -> list[dict[str, Any]]:
+    """A CVAT track's shape on each frame CVAT draws it (of `only`, if given): from each
+    visible keyframe up to the next keyframe, rectangles interpolated linearly (other shapes
+    held), nothing from an `outside` keyframe on; after a visible last keyframe, up to
+    `last_frame`."""
+    keys = sorted(get(track, "shapes", None) or [], key=lambda s: int(get(s, "frame")))
+    by_start = {int(get(k, "frame")): i for i, k in enumerate(keys)}
+    out: list[dict[str, Any]] = []
+    for start, end in _track_spans(track, last_frame):
+        i = by_start[start]
+        key = keys[i]
+        nxt = keys[i + 1] if i + 1 < len(keys) else None
         kind = text_value(get(key, "type"))
         a = [float(v) for v in get(key, "points")]
         b = [float(v) for v in get(nxt, "points")] if nxt is not None else a
         for frame in range(start, end + 1):
+            if only is not None and frame not in only:
+                continue
             t = (frame - start) / (int(get(nxt, "frame")) - start) if nxt is not None else 0.0
             points = [p + t * (q - p) for p, q in zip(a, b, strict=True)] \
                 if kind == "rectangle" and len(a) == len(b) else list(a)

@@ -20,17 +20,13 @@ from labelpilot.adapters.cvat.training import store_key
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore, serving_weights
 from labelpilot.backends.video import VideoFrame
+from labelpilot.trainers.frame_sampling import frame_file_name
 
 TASK_SUFFIX = " · frames (labelpilot)"
 
 
 class FramesTaskError(ValueError):
     """CVAT could not take the frames as a task; the message says why."""
-
-
-def frame_file_name(frame: VideoFrame) -> str:
-    """`f<frame>_t<seconds>s.png`: the frame number and timestamp survive in the file name."""
-    return f"f{frame.number}_t{frame.time:.3f}s.png"
 
 
 def task_name(video_name: str) -> str:

@@ -35,6 +35,7 @@ from labelpilot.adapters.cvat.annotations import (
     frame_labels,
     keypoint_layout,
     label_infos,
+    labelled_frames,
     text_value,
 )
 from labelpilot.backends.images import ImageError, decode_image
@@ -104,8 +105,10 @@ def _export_task(task: Any, directory: Path) -> None:
     for job in task.get_jobs():
         if text_value(getattr(job, "state", "")) == "completed":
             completed.update(range(int(job.start_frame), int(job.stop_frame) + 1))
-    labelled = set(by_frame(annotations, size - 1))
-    video = len(infos) == 1 and size > 1  # CVAT keeps one frame entry for a video task
+    labelled = labelled_frames(annotations, size - 1)
+    # a video task (CVAT keeps one frame entry for it) or a sequence labelled with tracks:
+    # neighbouring frames are near-copies, trained as one group
+    video = (len(infos) == 1 and size > 1) or bool(annotations.get("tracks"))
     wanted = [i for i in sorted((labelled | completed) - deleted) if i < size]
     if video:  # neighbouring frames are near-copies: a spread of at most MAX_VIDEO_FRAMES
         wanted = wanted[::max(1, math.ceil(len(wanted) / MAX_VIDEO_FRAMES))]
@@ -135,7 +138,8 @@ def snapshot_samples(snapshot: Path) -> tuple[list[Sample], dict[int, Any]]:
     for task_dir in sorted((snapshot / "tasks").iterdir(), key=lambda p: p.name):
         entries = json.loads((task_dir / "frames.json").read_text())
         last = max((int(e["index"]) for e in entries), default=None)
-        frames = by_frame(json.loads((task_dir / "annotations.json").read_text()), last)
+        frames = by_frame(json.loads((task_dir / "annotations.json").read_text()), last,
+                          only={int(e["index"]) for e in entries})
         for entry in entries:
             if "skipped" in entry:
                 continue

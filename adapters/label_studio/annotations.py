@@ -87,8 +87,8 @@ def video_boxes(annotation: dict[str, Any], control: ControlSpec, width: int, he
         labels = value.get("labels") or []
         if not labels or labels[0] not in control.labels:
             continue
-        keyframes = {k.frame: k for k in _keyframes(value.get("sequence") or [], width, height)}
-        for frame, box in interpolate(list(keyframes.values()), last_frame).items():
+        keyframes = sequence_keyframes(value.get("sequence") or [], width, height)
+        for frame, box in interpolate(keyframes, last_frame).items():
             clipped = BBox(max(box.x1, 0), max(box.y1, 0), min(box.x2, width),
                            min(box.y2, height))
             if clipped.x2 - clipped.x1 >= 1 and clipped.y2 - clipped.y1 >= 1:
@@ -96,9 +96,11 @@ def video_boxes(annotation: dict[str, Any], control: ControlSpec, width: int, he
     return frames
 
 
-def _keyframes(sequence: list[dict[str, Any]], width: int, height: int) -> list[Keyframe]:
-    """LS sequence items (percent boxes) → pixel keyframes; items without a frame number >= 1
-    or a box are dropped; of two on one frame the later wins (the editor keeps one)."""
+def sequence_keyframes(sequence: list[dict[str, Any]], width: int, height: int
+                       ) -> list[Keyframe]:
+    """LS sequence items (percent boxes) → pixel keyframes in frame order; items without a
+    frame number >= 1 or a box are dropped; of two on one frame the later wins (the editor
+    keeps one)."""
     out = []
     for item in sequence:
         try:
@@ -114,7 +116,7 @@ def _keyframes(sequence: list[dict[str, Any]], width: int, height: int) -> list[
             xs, ys = zip(*rotated_corners(shape), strict=True)
             shape = BBox(min(xs), min(ys), max(xs), max(ys))
         out.append(Keyframe(frame, shape, bool(item.get("enabled", False))))
-    return out
+    return sorted({k.frame: k for k in out}.values(), key=lambda k: k.frame)
 
 
 def task_choices(task: dict[str, Any], control: ControlSpec

@@ -23,6 +23,7 @@ from labelpilot.adapters.label_studio.selection import detection_control
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore, serving_weights
 from labelpilot.backends.video import VideoFrame
+from labelpilot.trainers.frame_sampling import frame_file_name
 
 UPLOAD_CHUNK = 50  # PNGs per import request
 Progress = Callable[[dict[str, Any]], None]
@@ -30,11 +31,6 @@ Progress = Callable[[dict[str, Any]], None]
 
 class FramesImportError(ValueError):
     """The project cannot take video frames as image tasks; the message says why."""
-
-
-def frame_file_name(frame: VideoFrame) -> str:
-    """`f<frame>_t<seconds>s.png`: the frame number and timestamp survive in the file name."""
-    return f"f{frame.number}_t{frame.time:.3f}s.png"
 
 
 def image_key(label_config: str) -> str:

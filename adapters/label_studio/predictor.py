@@ -36,7 +36,7 @@ from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_im
 from labelpilot.backends.model_cache import ModelCache
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
-from labelpilot.backends.tracking import TrackerError, TrackerSpec, tracker_settings
+from labelpilot.backends.tracking import TrackerError, TrackerSpec, make_tracker
 from labelpilot.backends.yolo import DEFAULT_MAX_BATCH, YoloModel
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class Predictor:
                                           if loaded[(i, k)].error), None)
                                     for i in range(len(tasks))]
         queued: list[str | None] = [None] * len(tasks)
+        inline_left = self.video.inline_frames  # for the whole request: LS waits 100 s
         for weights, controls in groups.items():
             for control in (c for c in controls if c.video is not None):
                 for i, task in enumerate(tasks):
@@ -165,14 +166,15 @@ class Predictor:
                             found = self._track(task, control, models[weights], source,
                                                 VideoJobRequest(project_id, task.id, task.data,
                                                                 control.name, weights, version),
-                                                long_video)
+                                                long_video, inline_left)
                         except VideoTaskError as exc:
                             errors[i] = str(exc)
                             continue
                         if isinstance(found, str):
                             queued[i] = found
                         else:
-                            regions[i].extend(found)
+                            regions[i].extend(found[0])
+                            inline_left -= found[1]
             for key in sorted({c.image_key for c in controls if c.video is None}):
                 ok = [i for i in range(len(tasks)) if loaded[(i, key)].image is not None]
                 images = [loaded[(i, key)].image for i in ok]
@@ -197,18 +199,20 @@ class Predictor:
         return out
 
     def _track(self, task: Task, control: ControlSpec, model: YoloModel, source: ImageSource,
-               request: VideoJobRequest, long_video: LongVideoHook | None
-               ) -> list[dict[str, Any]] | str:
-        """The task's video regions, or the id of the job that will track it."""
+               request: VideoJobRequest, long_video: LongVideoHook | None, inline_left: int
+               ) -> tuple[list[dict[str, Any]], int] | str:
+        """The task's video regions and its frame count, or the id of the job that will track
+        it: a clip longer than what is left of the request's inline frames
+        (LABELPILOT_VIDEO_INLINE_FRAMES for all the request's tasks together)."""
         clip = fetch_clip(task, control, source, self.video)
-        if clip.frames > self.video.inline_frames:
+        if clip.frames > inline_left:
             if long_video is None:
                 raise VideoTaskError(
                     f"the video has {clip.frames} frames, more than "
                     f"LABELPILOT_VIDEO_INLINE_FRAMES={self.video.inline_frames} tracked inside "
                     "a request, and no worker queue is configured for longer clips")
             return long_video(request)
-        return track_clip(clip, control, model, self.video)
+        return track_clip(clip, control, model, self.video), clip.frames
 
     def _load_images(self, tasks: Sequence[Task], keys: list[str],
                      source: ImageSource) -> dict[tuple[int, str], _Loaded]:
@@ -237,7 +241,7 @@ def check_compatible(control: ControlSpec, model: YoloModel) -> None:
     """Raise ModelTaskError when the model can't fill the control (task, labels, tracker)."""
     if control.video is not None:
         try:
-            tracker_settings(TrackerSpec(control.video.tracker, control.video.tracker_params))
+            make_tracker(TrackerSpec(control.video.tracker, control.video.tracker_params))
         except TrackerError as exc:
             raise ModelTaskError(f"control '{control.name}': {exc}") from exc
     wanted = CONTROL_TASKS[control.kind].compatible

@@ -20,13 +20,18 @@ from typing import Any
 
 import redis
 
+from labelpilot.adapters.label_studio.annotations import sequence_keyframes
 from labelpilot.adapters.label_studio.config import ControlSpec, ServingPlan
 from labelpilot.adapters.label_studio.image_source import ImageSource
 from labelpilot.adapters.label_studio.payloads import Task
-from labelpilot.adapters.label_studio.video import VideoLimits, VideoTaskError, fetch_clip
+from labelpilot.adapters.label_studio.video import (
+    VideoLimits,
+    VideoTaskError,
+    fetch_clip,
+    sequence_items,
+)
 from labelpilot.backends.propagation import propagate
 from labelpilot.backends.redis_text import as_text
-from labelpilot.backends.shapes import BBox
 from labelpilot.backends.tracking import TrackerSpec, track_video
 from labelpilot.backends.tracks import Keyframe, Track
 from labelpilot.backends.video import VideoError, read_frames
@@ -70,17 +75,6 @@ def already_written(connection: redis.Redis, annotation_id: int, digest: str) ->
     return stored is not None and as_text(stored) == digest
 
 
-def _keyframes(region: dict[str, Any], width: int, height: int) -> list[Keyframe]:
-    out = []
-    for item in sorted(region.get("value", {}).get("sequence") or [],
-                       key=lambda k: int(k.get("frame", 0))):
-        x, y = float(item["x"]) * width / 100, float(item["y"]) * height / 100
-        w, h = float(item["width"]) * width / 100, float(item["height"]) * height / 100
-        out.append(Keyframe(int(item["frame"]), BBox(x, y, x + w, y + h),
-                            bool(item.get("enabled", False))))
-    return out
-
-
 def _segments(keyframes: list[Keyframe]) -> list[tuple[list[Keyframe], bool]]:
     """Runs of keyframes the object is drawn through, each with whether it goes on after
     its last keyframe (the last run ending on an enabled keyframe)."""
@@ -99,23 +93,24 @@ def _segments(keyframes: list[Keyframe]) -> list[tuple[list[Keyframe], bool]]:
 def filled_sequence(region: dict[str, Any], tracks: Sequence[Track], frames: Any,
                     width: int, height: int, last_frame: int, framerate: float,
                     min_iou: float) -> list[dict[str, Any]]:
-    """The region's sequence with the frames between and after its keyframes filled."""
-    sequence: list[dict[str, Any]] = []
-    for run, goes_on in _segments(_keyframes(region, width, height)):
+    """The region's sequence with the frames between and after its keyframes filled.
+    Keyframes past the video's last frame or with an empty box are left as they are drawn
+    (nothing to track from); ValueError when none is usable."""
+    keyframes = [k for k in sequence_keyframes(region.get("value", {}).get("sequence") or [],
+                                               width, height)
+                 if k.frame <= last_frame and k.box.x2 > k.box.x1 and k.box.y2 > k.box.y1]
+    if not keyframes:
+        raise ValueError("no keyframe inside the video with a box to track from")
+    filled: list[Keyframe] = []
+    for run, goes_on in _segments(keyframes):
         anchors = {k.frame: k.box for k in run}
         result = propagate(anchors, frames, last_frame, tracks=tracks, min_iou=min_iou,
                            forward=goes_on)
         keys = result.keyframes
         if not goes_on and keys:  # the annotator ended it at the run's last keyframe
             keys = [*keys[:-1], Keyframe(keys[-1].frame, keys[-1].box, False)]
-        for key in keys:
-            box = key.box
-            sequence.append({"frame": key.frame, "enabled": key.enabled,
-                             "x": 100 * box.x1 / width, "y": 100 * box.y1 / height,
-                             "width": 100 * (box.x2 - box.x1) / width,
-                             "height": 100 * (box.y2 - box.y1) / height,
-                             "rotation": 0, "time": key.frame / framerate})
-    return sequence
+        filled.extend(keys)
+    return sequence_items(filled, width, height, framerate)
 
 
 def propagate_annotation(request: PropagationRequest, plan: ServingPlan, images: ImageSource,
@@ -146,13 +141,16 @@ def propagate_annotation(request: PropagationRequest, plan: ServingPlan, images:
                                  spec=spec, batch=limits.batch)
             frames = _Frames(clip.data, clip.framerate, limits)
             for region in regions:
-                value = dict(region["value"])
-                value["sequence"] = filled_sequence(
-                    region, tracks, frames, clip.info.width, clip.info.height, clip.frames,
-                    clip.framerate, limits.keyframe_iou)
-                value.setdefault("framesCount", clip.frames)
-                value.setdefault("duration", clip.info.duration)
-                region["value"] = value
+                try:
+                    sequence = filled_sequence(
+                        region, tracks, frames, clip.info.width, clip.info.height,
+                        clip.frames, clip.framerate, limits.keyframe_iou)
+                except ValueError as exc:  # this region only: the others are filled
+                    log.warning("annotation %s: region %s not filled: %s",
+                                request.annotation_id, region.get("id"), exc)
+                    continue
+                region["value"] = {"framesCount": clip.frames, "duration": clip.info.duration,
+                                   **region["value"], "sequence": sequence}
                 filled += 1
         except VideoError as exc:
             raise VideoTaskError(str(exc)) from exc
@@ -178,8 +176,9 @@ class _Frames:
     bounded window (propagation reads frames around each anchor)."""
 
     def __init__(self, data: bytes, framerate: float, limits: VideoLimits,
-                 keep: int = 512) -> None:
-        self._data, self._rate, self._limits, self._keep = data, framerate, limits, keep
+                 keep_bytes: int = 256 * 2**20) -> None:
+        self._data, self._rate, self._limits = data, framerate, limits
+        self._keep_bytes = keep_bytes
         self._cache: dict[int, Any] = {}
         self._iter: Any = None
         self._next = 1
@@ -195,7 +194,8 @@ class _Frames:
         for frame in self._iter:
             self._next = frame.number + 1
             self._cache[frame.number] = frame.image
-            if len(self._cache) > self._keep:
+            keep = max(8, self._keep_bytes // max(1, frame.image.nbytes))
+            while len(self._cache) > keep:  # a bounded window of the latest pictures
                 self._cache.pop(min(self._cache))
             if frame.number == number:
                 return frame.image

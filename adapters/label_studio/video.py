@@ -26,7 +26,7 @@ from labelpilot.backends.tracking import (
     TrackerSpec,
     track_video,
 )
-from labelpilot.backends.tracks import Track
+from labelpilot.backends.tracks import Keyframe, Track
 from labelpilot.backends.video import (
     DEFAULT_MAX_VIDEO_SECONDS,
     VideoError,
@@ -69,7 +69,7 @@ class VideoLimits:
     max_bytes: int = 512 * 2**20
     max_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
     max_pixels: int = DEFAULT_MAX_PIXELS
-    inline_frames: int = 600
+    inline_frames: int = 300
     keyframe_iou: float = 0.85
     batch: int = 8
     download_seconds: float = 120.0
@@ -122,6 +122,17 @@ def track_clip(clip: VideoClip, control: ControlSpec, model: YoloModel, limits: 
     return video_regions(control, tracks, clip, limits.keyframe_iou)
 
 
+def sequence_items(keyframes: Sequence[Keyframe], width: int, height: int,
+                   framerate: float) -> list[dict[str, Any]]:
+    """Pixel keyframes → LS `value.sequence` items (percent of the frame; `time` as LS's
+    editor stores it: frame / framerate)."""
+    return [{"frame": k.frame, "enabled": k.enabled,
+             "x": 100 * k.box.x1 / width, "y": 100 * k.box.y1 / height,
+             "width": 100 * (k.box.x2 - k.box.x1) / width,
+             "height": 100 * (k.box.y2 - k.box.y1) / height,
+             "rotation": 0, "time": k.frame / framerate} for k in keyframes]
+
+
 def video_regions(control: ControlSpec, tracks: Sequence[Track], clip: VideoClip,
                   min_iou: float) -> list[dict[str, Any]]:
     """Tracks → LS `videorectangle` regions (percent of the frame), keyframes only."""
@@ -134,13 +145,8 @@ def video_regions(control: ControlSpec, tracks: Sequence[Track], clip: VideoClip
         if max(b.score for b in track.boxes) < control.threshold:
             continue
         boxes = tuple(b for b in track.boxes if b.frame <= last)
-        sequence = [
-            {"frame": k.frame, "enabled": k.enabled,
-             "x": 100 * k.box.x1 / width, "y": 100 * k.box.y1 / height,
-             "width": 100 * (k.box.x2 - k.box.x1) / width,
-             "height": 100 * (k.box.y2 - k.box.y1) / height,
-             "rotation": 0, "time": k.frame / clip.framerate}
-            for k in thin_track(boxes, min_iou=min_iou, last_frame=last)]
+        sequence = sequence_items(thin_track(boxes, min_iou=min_iou, last_frame=last),
+                                  width, height, clip.framerate)
         regions.append({
             "id": region_id(), "from_name": control.name, "to_name": control.to_name,
             "type": control.result_type, "origin": "prediction",
