@@ -165,6 +165,14 @@ def backend(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
 
 
 @pytest.fixture()
+def env(redis_url: str, shapes_model: Path, tmp_path: Path) -> dict[str, str]:
+    """The environment of a `labelpilot` command run by a test: the tests' Redis, a fresh
+    MODEL_DIR, the shapes model as the default detector."""
+    return {"REDIS_URL": redis_url, "MODEL_DIR": str(tmp_path / "models"),
+            "LABELPILOT_MODEL_DETECT": str(shapes_model)}
+
+
+@pytest.fixture()
 def make_client(monkeypatch, shapes_model: Path, redis_url: str):  # type: ignore[no-untyped-def]
     """An app composed from the environment's settings (plus `env`), as gunicorn's is."""
     from labelpilot.app import create_app

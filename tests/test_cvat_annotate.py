@@ -38,12 +38,6 @@ def run_annotate(url: str, env_extra: dict[str, str], *args: str) -> subprocess.
     return run_cvat_cli(url, env_extra, "annotate", *args)
 
 
-@pytest.fixture()
-def env(redis_url, shapes_model, tmp_path) -> dict[str, str]:
-    return {"REDIS_URL": redis_url, "MODEL_DIR": str(tmp_path / "models"),
-            "LABELPILOT_MODEL_DETECT": str(shapes_model)}
-
-
 def cvat_drawn(tracks: list[dict], frames: int) -> dict[int, dict[int, BBox]]:
     """Per-frame boxes (1-based frames) as CVAT draws its tracks: linear between keyframes,
     hidden from an `outside` keyframe until the next one."""

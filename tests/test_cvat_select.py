@@ -44,12 +44,6 @@ def run_select(url: str, env_extra: dict[str, str], *args: str) -> subprocess.Co
     return run_cvat_cli(url, env_extra, "select", *args)
 
 
-@pytest.fixture()
-def env(redis_url, shapes_model, tmp_path) -> dict[str, str]:
-    return {"REDIS_URL": redis_url, "MODEL_DIR": str(tmp_path / "models"),
-            "LABELPILOT_MODEL_DETECT": str(shapes_model)}
-
-
 @pytest.mark.parametrize("project", [7, None], ids=["in-a-project", "own-labels"])
 def test_selected_frames_become_a_new_task_in_rank_order(tmp_path, env, project):
     cvat = FakeCvat()
