@@ -17,8 +17,10 @@ import redis
 if TYPE_CHECKING:
     from labelpilot.adapters.cvat.webhook import TrainingRequest
     from labelpilot.adapters.label_studio.blueprint import PropagationHook, TrainingHook
+    from labelpilot.adapters.label_studio.connections import Connections, SourcePolicy
     from labelpilot.adapters.label_studio.propagation import PropagationRequest
     from labelpilot.adapters.label_studio.video import LongVideoHook, VideoJobRequest
+    from labelpilot.settings import Settings
 
 log = logging.getLogger(__name__)
 LABEL_STUDIO_JOB = "labelpilot.jobs.train_label_studio"
@@ -42,24 +44,26 @@ def job_connection() -> redis.Redis:
     return get_redis()
 
 
-def train_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train a Label Studio project's model from its current annotations."""
+def label_studio_job() -> tuple[Settings, redis.Redis, SourcePolicy, Connections]:
+    """What every Label Studio job starts from: the settings, the job's Redis, how LS is
+    reached, and the projects' LS connections (each job checks its project's token)."""
     from labelpilot.adapters.label_studio.connections import Connections
-    from labelpilot.adapters.label_studio.training import train_project, training_ended
-    from labelpilot.runtime import (
-        control_defaults,
-        model_locator,
-        model_store,
-        source_policy,
-        video_limits,
-    )
+    from labelpilot.runtime import source_policy
     from labelpilot.settings import load_settings
 
     settings = load_settings()
     connection = job_connection()
     policy = source_policy(settings)
+    return settings, connection, policy, Connections(connection, policy)
+
+
+def train_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a Label Studio project's model from its current annotations."""
+    from labelpilot.adapters.label_studio.training import train_project, training_ended
+    from labelpilot.runtime import control_defaults, model_locator, model_store, video_limits
+
+    settings, connection, policy, connections = label_studio_job()
     try:
-        connections = Connections(connection, policy)
         connections.require_token(project_id)
         images = connections.image_source(project_id)
         return train_project(project_id, images, connection, model_store(settings, connection),
@@ -73,25 +77,14 @@ def train_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -
 def label_errors_label_studio(project_id: int, trigger: dict[str, Any] | None = None,
                               options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Find the likely wrong annotations of an LS project and mark them for review."""
-    from labelpilot.adapters.label_studio.connections import Connections
     from labelpilot.adapters.label_studio.review import LabelStudioReview
     from labelpilot.adapters.label_studio.training import LabelStudioSource, training_ended
-    from labelpilot.runtime import (
-        control_defaults,
-        model_locator,
-        model_store,
-        source_policy,
-        video_limits,
-    )
-    from labelpilot.settings import load_settings
+    from labelpilot.runtime import control_defaults, model_locator, model_store, video_limits
     from labelpilot.trainers.label_error_job import ErrorParams, run_label_error_job
 
-    settings = load_settings()
-    connection = job_connection()
-    policy = source_policy(settings)
+    settings, connection, policy, connections = label_studio_job()
     params = ErrorParams.from_mapping(options or {})
     try:
-        connections = Connections(connection, policy)
         connections.require_token(project_id)
         images = connections.image_source(project_id)
         source = LabelStudioSource(project_id, images, settings.max_image_pixels,
@@ -149,20 +142,16 @@ def track_video_label_studio(request: dict[str, Any]) -> dict[str, Any]:
 
     from rq import get_current_job
 
-    from labelpilot.adapters.label_studio.connections import Connections
     from labelpilot.adapters.label_studio.video import VideoJobRequest
     from labelpilot.adapters.label_studio.video_job import run_video_job
     from labelpilot.backends.yolo import YoloModel
-    from labelpilot.runtime import control_defaults, source_policy, video_limits, yolo_max_batch
-    from labelpilot.settings import load_settings
+    from labelpilot.runtime import control_defaults, video_limits, yolo_max_batch
 
-    settings = load_settings()
-    connection = job_connection()
+    settings, _, _, connections = label_studio_job()
     job = get_current_job()
     wanted = VideoJobRequest(**request)
     if wanted.project_id is None:
         raise ValueError("a video job needs the project id")
-    connections = Connections(connection, source_policy(settings))
     connections.require_token(wanted.project_id)
     last = [0.0]
 
@@ -217,19 +206,15 @@ def propagate_label_studio(request: dict[str, Any]) -> dict[str, Any]:
     from rq import get_current_job
 
     from labelpilot.adapters.label_studio.config import parse_label_config
-    from labelpilot.adapters.label_studio.connections import Connections
     from labelpilot.adapters.label_studio.propagation import (
         PropagationRequest,
         propagate_annotation,
     )
     from labelpilot.backends.yolo import YoloModel
-    from labelpilot.runtime import control_defaults, source_policy, video_limits, yolo_max_batch
-    from labelpilot.settings import load_settings
+    from labelpilot.runtime import control_defaults, video_limits, yolo_max_batch
 
-    settings = load_settings()
-    connection = job_connection()
+    settings, connection, _, connections = label_studio_job()
     wanted = PropagationRequest(**request)
-    connections = Connections(connection, source_policy(settings))
     connections.require_token(wanted.project_id)
     plan = parse_label_config(connections.get(wanted.project_id).label_config or "",
                               control_defaults(settings))
