@@ -19,10 +19,13 @@ from pydantic import BaseModel, Field
 
 from labelpilot.adapters.http_auth import BasicAuth, BearerToken
 from labelpilot.adapters.http_errors import ApiError, json_body
-from labelpilot.adapters.metrics import QueueCollector, exposition
+from labelpilot.adapters.metrics import QueueCollector, WatchCollector, exposition
+from labelpilot.backends.acceptance import AcceptanceLedger
 from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.quality_ledger import QualityLedger
 from labelpilot.trainers import queue
 from labelpilot.trainers.queue_status import QueueMonitor
+from labelpilot.trainers.retraining import RetrainingRequests
 from labelpilot.trainers.settings import load_params, save_params
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # model-store and settings keys
@@ -58,6 +61,8 @@ def admin_blueprint(store: ModelStore, connection: redis.Redis, admin: BearerTok
     backend's basic auth, which /jobs and /metrics need like /predict; `monitor`: the
     training queue's state, reported in /metrics."""
     bp = Blueprint("admin", __name__)
+    watched = WatchCollector(QualityLedger(connection), AcceptanceLedger(connection),
+                             RetrainingRequests(connection), store.model_keys)
 
     @bp.before_request
     def _authenticate() -> None:
@@ -107,6 +112,35 @@ def admin_blueprint(store: ModelStore, connection: redis.Redis, admin: BearerTok
             raise ApiError(409, str(exc.args[0])) from exc
         return describe(store, key)
 
+    retraining = RetrainingRequests(connection)
+
+    @bp.get("/admin/retraining")
+    def retraining_requests() -> Any:
+        _require_admin()
+        project = request.args.get("project")
+        if project is not None:
+            _check_name(project, "project key")
+        return {"requests": retraining.list(project)}
+
+    @bp.post("/admin/retraining/<request_id>/<decision>")
+    def decide_retraining(request_id: str, decision: str) -> Any:
+        _require_admin()
+        _check_name(request_id, "retraining request id")
+        if decision not in ("approve", "reject"):
+            raise ApiError(404, f"no action '{decision[:40]}': approve or reject")
+        body = json_body() if request.data else {}
+        by = body.get("by", "admin") if isinstance(body, dict) else None
+        if not isinstance(by, str) or not _NAME.fullmatch(by):
+            raise ApiError(400, "\"by\" names who decides: letters, digits, '_', '.', '-'")
+        try:
+            if decision == "approve":
+                return retraining.approve(request_id, store, by=by)
+            return retraining.reject(request_id, by=by)
+        except KeyError as exc:
+            raise ApiError(404, str(exc.args[0])) from exc
+        except ValueError as exc:
+            raise ApiError(409, str(exc)) from exc
+
     @bp.route("/admin/projects/<project>/settings", methods=["GET", "PUT"])
     def settings(project: str) -> Any:
         _require_admin()
@@ -124,7 +158,8 @@ def admin_blueprint(store: ModelStore, connection: redis.Redis, admin: BearerTok
 
     @bp.get("/metrics")
     def metrics() -> Response:
-        payload, content_type = exposition(*([QueueCollector(monitor)] if monitor else []))
+        payload, content_type = exposition(*([QueueCollector(monitor)] if monitor else []),
+                                           watched)
         return Response(payload, content_type=content_type)
 
     return bp

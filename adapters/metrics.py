@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import redis
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -16,7 +17,11 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from labelpilot.backends.acceptance import AcceptanceLedger
+from labelpilot.backends.quality_ledger import QualityLedger
+from labelpilot.trainers.drift_monitor import drift_status
 from labelpilot.trainers.queue_status import QueueMonitor
+from labelpilot.trainers.retraining import RetrainingRequests
 
 REQUESTS = Counter("labelpilot_http_requests_total", "HTTP requests by endpoint and status",
                    ["endpoint", "method", "status"])
@@ -50,6 +55,76 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("labelpilot_queue_oldest_waiting_seconds",
                                 "Age of the oldest waiting training job (0: none waits)",
                                 value=status.oldest_waiting_s or 0.0)
+
+
+class WatchCollector(Collector):
+    """What the watchers found, read from Redis at scrape time (the same figures in every
+    gunicorn worker): quality findings per project, the acceptance of predictions per model
+    version, drift and retraining requests."""
+
+    def __init__(self, quality: QualityLedger, acceptance: AcceptanceLedger,
+                 requests: RetrainingRequests, model_keys: Callable[[], list[str]]):
+        self.quality = quality
+        self.acceptance = acceptance
+        self.requests = requests
+        self.model_keys = model_keys  # whose drift status to report
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            families = list(self._families())
+        except redis.RedisError:
+            return  # labelpilot_redis_up (QueueCollector) says why
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
+        findings = GaugeMetricFamily(
+            "labelpilot_quality_findings", "Checked images with each quality finding "
+            "(finding=\"checked\": all checked images)", labels=["project", "finding"])
+        for project in self.quality.projects():
+            for finding, count in self.quality.counts(project).items():
+                findings.add_metric([project, finding], count)
+        yield findings
+        regions = GaugeMetricFamily(
+            "labelpilot_acceptance_regions", "Predicted regions annotators kept or deleted, and "
+            "regions they added, per model version", labels=["project", "model_version",
+                                                             "outcome"])
+        rate = GaugeMetricFamily(
+            "labelpilot_acceptance_rate", "Share of predicted regions annotators kept "
+            "(same label, IoU >= 0.5)", labels=["project", "model_version"])
+        annotations = GaugeMetricFamily(
+            "labelpilot_acceptance_annotations", "Submitted annotations compared with a "
+            "prediction", labels=["project", "model_version"])
+        for row in self.acceptance.summary():
+            labels = [str(row["project"]), str(row["model_version"])]
+            for outcome in ("predicted", "kept", "added", "deleted"):
+                regions.add_metric([*labels, outcome], float(row[outcome]))  # type: ignore[arg-type]
+            annotations.add_metric(labels, float(row["annotations"]))  # type: ignore[arg-type]
+            if row["rate"] is not None:
+                rate.add_metric(labels, float(row["rate"]))  # type: ignore[arg-type]
+        yield from (regions, rate, annotations)
+        drifted = GaugeMetricFamily(
+            "labelpilot_drift_detected", "1 if the last drift test of the served version "
+            "found the recent images unlike its training images", labels=["model_key",
+                                                                         "model_version"])
+        p_value = GaugeMetricFamily("labelpilot_drift_p_value", "p-value of the last drift test",
+                                    labels=["model_key", "model_version"])
+        for key in self.model_keys():
+            status = drift_status(self.quality.connection, key)
+            if status is not None:
+                labels = [key, str(status.get("model_version", ""))]
+                drifted.add_metric(labels, float(bool(status.get("drifted"))))
+                p_value.add_metric(labels, float(status.get("p_value") or 1.0))
+        requests = GaugeMetricFamily(
+            "labelpilot_retraining_requests", "Retraining requests raised by drift, by status "
+            "(training, ready = waiting for an admin, approved, rejected)",
+            labels=["project", "status"])
+        by_status: dict[tuple[str, str], int] = {}
+        for request in self.requests.list():
+            pair = (str(request["project"]), str(request["status"]))
+            by_status[pair] = by_status.get(pair, 0) + 1
+        for (project, status_name), count in sorted(by_status.items()):
+            requests.add_metric([project, status_name], count)
+        yield from (drifted, p_value, requests)
 
 
 def exposition(*extra: Collector) -> tuple[bytes, str]:

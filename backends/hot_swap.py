@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
+import weakref
 from collections.abc import Callable
 
 import redis
@@ -18,6 +18,7 @@ import redis
 from labelpilot.backends.model_store import UPDATES_CHANNEL, ModelStore, ModelVersion
 
 log = logging.getLogger(__name__)
+_LISTENING: weakref.WeakSet[CurrentModels] = weakref.WeakSet()  # for `stop_all`
 
 
 class CurrentModels:
@@ -29,6 +30,9 @@ class CurrentModels:
         self._current: dict[str, ModelVersion | None] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._loading = threading.Event()  # a load runs on the listener thread
+        _LISTENING.add(self)
 
     def get(self, key: str) -> ModelVersion | None:
         """The version in use for `key` here; the first call per key reads the pointer."""
@@ -42,12 +46,18 @@ class CurrentModels:
 
     def refresh(self, key: str) -> bool:
         """Load and switch to the store's current version of `key`; True if it changed."""
+        if self._stopped.is_set():
+            return False
         latest = self.store.current(key)
         with self._lock:
             known = self._current.get(key)
         if latest is None or (known is not None and known.version == latest.version):
             return False
-        self._preload(str(latest.weights))  # slow part, outside the lock
+        self._loading.set()
+        try:
+            self._preload(str(latest.weights))  # slow part, outside the lock
+        finally:
+            self._loading.clear()
         with self._lock:
             self._current[key] = latest
         log.info("now serving %s", latest.model_version)
@@ -58,21 +68,28 @@ class CurrentModels:
             self._thread = threading.Thread(target=self._run, name="model-updates", daemon=True)
             self._thread.start()
 
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop listening; waits for a load in progress (a process that exits while a daemon
+        thread is inside torch can abort)."""
+        self._stopped.set()
+        if self._thread is not None and self._loading.is_set():
+            self._thread.join(timeout)  # otherwise it ends within a poll, loading nothing
+
     def _run(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             try:
                 self._listen()
             except redis.RedisError as exc:
                 log.debug("model-updates listener: %s; retrying", exc)
             except Exception:
                 log.exception("model-updates listener failed; retrying")
-            time.sleep(self._poll)
+            self._stopped.wait(self._poll)
 
     def _listen(self) -> None:
         pubsub = self.store.connection.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(UPDATES_CHANNEL)
         try:
-            while True:
+            while not self._stopped.is_set():
                 message = pubsub.get_message(timeout=self._poll)
                 if message and message.get("type") == "message":
                     key = json.loads(message["data"]).get("key")
@@ -85,3 +102,10 @@ class CurrentModels:
                         self.refresh(key)
         finally:
             pubsub.close()
+
+
+def stop_all(timeout: float = 60.0) -> None:
+    """Stop every listener of this process, waiting for loads in progress: before a process
+    that made several apps (a test session) exits, as one inside torch can abort the exit."""
+    for current in list(_LISTENING):
+        current.stop(timeout)

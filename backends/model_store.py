@@ -71,14 +71,21 @@ class ModelStore:
             raise KeyError(f"no version {version} of model '{key}' in {self.root}")
         return candidate
 
-    def write_version(self, key: str, weights: Path, info: Mapping[str, Any]) -> ModelVersion:
-        """Copy weights and metadata into the next version number, atomically."""
+    def write_version(self, key: str, weights: Path, info: Mapping[str, Any],
+                      extra_files: Mapping[str, Path] | None = None) -> ModelVersion:
+        """Copy weights and metadata into the next version number, atomically.
+        `extra_files`: more files of the version, by plain file name (e.g. the drift
+        reference, "reference.npz")."""
         directory = self.root / key
         directory.mkdir(parents=True, exist_ok=True)
         staging = directory / f".partial-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
             shutil.copyfile(weights, staging / "weights.pt")
+            for name, source in (extra_files or {}).items():
+                if Path(name).name != name or name in ("weights.pt", "version.json", ""):
+                    raise ValueError(f"'{name}' cannot be an extra file of a version")
+                shutil.copyfile(source, staging / name)
             while True:
                 existing = [int(v.version[1:]) for v in self.versions(key)]
                 number = max(existing, default=0) + 1

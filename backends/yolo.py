@@ -44,7 +44,9 @@ class YoloModel:
         self.class_names: tuple[str, ...] = tuple(names[i] for i in sorted(names))
         kpt_shape = (getattr(self._model.model, "yaml", None) or {}).get("kpt_shape")
         self.keypoint_count: int = int(kpt_shape[0]) if self.task == "pose" and kpt_shape else 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _results_and_features holds it around _results
+        # before the first predict: its predictor copies the model with the hook on it
+        self._hook = _FeatureHook(self._model.model)
         self._batch = max(1, max_batch)
         log.info("loaded %s (task=%s, %d classes) on %s", weights, self.task,
                  len(self.class_names), self.device)
@@ -56,13 +58,37 @@ class YoloModel:
         convert = _CONVERTERS[self.task]
         return [convert(result, self.class_names) for result in self._results(images, conf, imgsz)]
 
+    def predict_with_features(
+        self, images: Sequence[np.ndarray], *, conf: float = 0.25, imgsz: int | None = None
+    ) -> tuple[list[Prediction], np.ndarray]:
+        """`predict`, plus each image's pooled output of the last backbone layer (rows of a
+        float32 array, one per image; no columns if the hook saw nothing) captured by a hook
+        during the same forward pass: the drift watch gets the model's own view of an image
+        without a second pass."""
+        convert = _CONVERTERS[self.task]
+        results, features = self._results_and_features(images, conf, imgsz)
+        return [convert(result, self.class_names) for result in results], features
+
     def raw_boxes(self, images: Sequence[np.ndarray], *, conf: float) -> list[Any]:
         """ultralytics' own boxes (numpy) per image: what its trackers take."""
         return [(r.obb if self.task == "obb" else r.boxes).cpu().numpy()
                 for r in self._results(images, conf, None)]
 
-    def _results(self, images: Sequence[np.ndarray], conf: float, imgsz: int | None
-                 ) -> list[Any]:
+    def _results_and_features(self, images: Sequence[np.ndarray], conf: float,
+                              imgsz: int | None) -> tuple[list[Any], np.ndarray]:
+        with self._lock:  # the hook's buffer is per model: one capture at a time
+            self._hook.rows, self._hook.captured = [], []
+            try:
+                results = self._results(images, conf, imgsz, per_chunk=self._hook.take)
+            finally:
+                captured, self._hook.rows = self._hook.captured, None
+        features = np.concatenate(captured).astype(np.float32) if captured else None
+        if features is None or len(features) != len(results):  # not captured: no columns
+            features = np.zeros((len(results), 0), np.float32)
+        return results, features
+
+    def _results(self, images: Sequence[np.ndarray], conf: float, imgsz: int | None,
+                 per_chunk: Callable[[int], None] | None = None) -> list[Any]:
         if not images:
             return []
         kwargs: dict[str, Any] = {"conf": conf, "verbose": False, "device": self.device}
@@ -75,7 +101,44 @@ class YoloModel:
                 chunk = list(images[start:start + size])
                 # ultralytics runs a list one image at a time unless `batch` says otherwise
                 results.extend(self._model.predict(chunk, batch=len(chunk), **kwargs))
+                if per_chunk is not None:
+                    per_chunk(len(chunk))
         return results
+
+
+class _FeatureHook:
+    """A forward hook on the last backbone layer (SPPF / C2PSA for YOLO11) that keeps the
+    global-average-pooled output per image while `rows` is a list (the model's lock held)."""
+
+    def __init__(self, model: Any):
+        self.rows: list[np.ndarray] | None = None
+        self.captured: list[np.ndarray] = []
+        layers: Any = getattr(model, "model", None)
+        if not hasattr(layers, "__getitem__") or not hasattr(layers, "__len__"):
+            self.layer = -1  # an exported runtime (ONNX, OpenVINO): no layers to hook
+            return
+        backbone = len((getattr(model, "yaml", None) or {}).get("backbone") or []) or len(layers)
+        self.layer = min(backbone, len(layers)) - 1
+        # a plain function, not a bound method: ultralytics' predictor deep-copies the model,
+        # and a copied bound method would write into a copy of this object
+        layers[self.layer].register_forward_hook(
+            lambda module, inputs, output: self._on_forward(module, inputs, output))
+
+    def _on_forward(self, _module: Any, _inputs: Any, output: Any) -> None:
+        if self.rows is None:
+            return
+        tensor = output[0] if isinstance(output, (list, tuple)) else output
+        if getattr(tensor, "ndim", 0) == 4:
+            self.rows.append(_numpy(tensor.float().mean(dim=(2, 3))))
+
+    def take(self, count: int) -> None:
+        """A chunk of `count` images was predicted: keep the last `count` pooled rows (a
+        warm-up pass on the first call also runs through the hook)."""
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, 0), np.float32)
+        if self.rows is not None:
+            self.rows.clear()
+        if len(rows) >= count:
+            self.captured.append(rows[len(rows) - count:])
 
 
 def _numpy(tensor: Any) -> np.ndarray:

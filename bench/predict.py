@@ -13,6 +13,12 @@ On the same generated PNG images it measures:
 3. startup: gunicorn launch to the first `/predict` answer vs a fresh python process that
    imports ultralytics, loads the model and predicts one image;
 4. peak RSS (VmHWM) of each gunicorn worker vs a raw subprocess that ran the same images.
+
+With --watch it also measures what the watch path (quality checks, drift; LABELPILOT_WATCH)
+adds to /predict: a second gunicorn with LABELPILOT_WATCH=false, both asked with new task ids
+on every call (an observer checks a task once per process, so repeated ids would hide the
+cost), interleaved; and, in this process, the quality observer alone on the decoded images
+(check + Redis ledger), per image. Both are set against the model's own time per image.
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ THROUGHPUT_TARGET = 0.95
 STARTUP_TARGET = 1.2
 RSS_TARGET_MB = 900.0
 LABELPILOT = "labelpilot /predict"
+WATCH_ON = "labelpilot /predict, watch on (new ids)"
+WATCH_OFF = "labelpilot /predict, watch off (new ids)"
+SERVED = (LABELPILOT, WATCH_ON, WATCH_OFF)
+WATCH_TARGET = 0.03  # the watch path may add this share of the model's time per image
 
 Run = Callable[[list[Any]], int]  # one call (paths or task ids) -> detections found
 
@@ -198,6 +208,48 @@ def bench_raw_process(image_dir: Path, model_path: Path, batch: int) -> dict[str
 # --------------------------------------------------------------------------- labelpilot
 
 
+class FreshIds(Client):
+    """/predict with new task ids on every call (the same images): the watch path sees each
+    image as a task it has not checked yet, the worst case for its cost."""
+
+    def __init__(self, backend: Any, image_base: str, first_id: int):
+        super().__init__(backend, image_base)
+        self.next_id = first_id
+
+    def body(self, ids: Sequence[int]) -> dict[str, Any]:
+        tasks = [{"id": self.next_id + k, "data": {"image": f"{self.image_base}/{i}.png"}}
+                 for k, i in enumerate(ids)]
+        self.next_id += len(ids)
+        return {"tasks": tasks, "label_config": self.config, "project": "1.0"}
+
+
+def quality_observer_ms(paths: list[str], repeat: int = 3) -> float:
+    """ms per image of the quality observer (check + Redis ledger) on the decoded images."""
+    import cv2
+    import redis
+
+    from labelpilot.backends.observation import Observation
+    from labelpilot.backends.quality import QualityThresholds
+    from labelpilot.backends.quality_ledger import QualityLedger, QualityObserver
+
+    connection = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ledger = QualityLedger(connection)
+    ledger.forget("bench-quality")
+    observer = QualityObserver(ledger, lambda _: QualityThresholds())
+    images = [cv2.imread(p) for p in paths]
+    seconds, count = 0.0, 0
+    for round_ in range(repeat):
+        batch = [Observation("bench-quality", None, "bench", f"{round_}-{i}", image, 3, None,
+                             (0.9,)) for i, image in enumerate(images)]
+        for call in chunks(batch, 8):
+            t0 = time.perf_counter()
+            observer.observe(call)
+            seconds += time.perf_counter() - t0
+            count += len(call)
+    ledger.forget("bench-quality")
+    return 1000 * seconds / count
+
+
 
 
 
@@ -224,15 +276,29 @@ class Results:
     child: dict[str, float]
     startup: dict[str, float]
     workers_mb: dict[int, dict[str, float]]
+    quality_ms: float | None = None  # the quality observer alone, in-process (--watch)
 
     def report(self) -> dict[str, Any]:
-        raw_modes = [s for s in self.series if s.name != LABELPILOT]
+        raw_modes = [s for s in self.series if s.name not in SERVED]
         raw = max(raw_modes, key=lambda s: s.images_per_s)
         (served,) = [s for s in self.series if s.name == LABELPILOT]
         rss = max((w["peak_rss"] for w in self.workers_mb.values()), default=0.0)
         anon = max((w["anon_rss"] for w in self.workers_mb.values()), default=0.0)
+        watched = {s.name: s for s in self.series if s.name in (WATCH_ON, WATCH_OFF)}
+        watch: dict[str, Any] = {}
+        if len(watched) == 2:
+            model_ms = 1000 / raw.images_per_s
+            on_ms = 1000 / watched[WATCH_ON].images_per_s
+            off_ms = 1000 / watched[WATCH_OFF].images_per_s
+            watch = {"model_ms_per_image": model_ms, "predict_on_ms_per_image": on_ms,
+                     "predict_off_ms_per_image": off_ms, "added_ms_per_image": on_ms - off_ms,
+                     "added_share_of_model": (on_ms - off_ms) / model_ms,
+                     "quality_observer_ms_per_image": self.quality_ms,
+                     "quality_share_of_model": (self.quality_ms or 0.0) / model_ms,
+                     "target_share": WATCH_TARGET}
         return {
             "settings": self.settings,
+            **({"watch": watch} if watch else {}),
             "raw_modes": [s.summary() for s in raw_modes],
             "raw_reference": raw.name,
             "raw": {
@@ -309,6 +375,16 @@ def render(report: dict[str, Any]) -> str:
         f"(loads the model) answered at {lp['startup_s']:.2f}s\n"
         f"gunicorn workers (MB): {workers}; anon RSS excludes shared library pages"
     )
+    if "watch" in report:
+        w = report["watch"]
+        notes += (
+            f"\nwatch path (quality, drift): /predict {w['predict_on_ms_per_image']:.2f} ms/img "
+            f"on vs {w['predict_off_ms_per_image']:.2f} off = {w['added_ms_per_image']:+.2f} ms "
+            f"({w['added_share_of_model']:+.1%} of the model's {w['model_ms_per_image']:.2f} "
+            f"ms/img; target <= {w['target_share']:.0%}); the quality observer alone: "
+            f"{w['quality_observer_ms_per_image']:.2f} ms/img "
+            f"({w['quality_share_of_model']:.1%} of the model's time)"
+        )
     return "\n".join([head, table(modes), "", table(rows), "", notes])
 
 
@@ -323,6 +399,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="gunicorn workers (1)")
     parser.add_argument("--batch", type=int, default=8, help="tasks per /predict request (8)")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the images (3)")
+    parser.add_argument("--watch", action="store_true",
+                        help="also time /predict with the watch path off vs on")
     parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -358,6 +436,24 @@ def run_bench(args: argparse.Namespace, model_path: Path) -> Results:
         startup = client.startup()
         client.setup()
         client.warm_up(list(range(min(args.batch, args.images))), args.workers)
+        watching: dict[str, tuple[list[list[Any]], Run]] = {}
+        if args.watch:
+            progress("starting a second gunicorn with LABELPILOT_WATCH=false...")
+            os.environ["LABELPILOT_WATCH"] = "false"
+            try:
+                off = stack.enter_context(gunicorn_backend(tmp / "off", model_path,
+                                                           args.workers))
+            finally:
+                del os.environ["LABELPILOT_WATCH"]
+            on_client = FreshIds(backend, image_base, 1_000_000)
+            off_client = FreshIds(off, image_base, 1_000_000)
+            stack.callback(on_client.session.close)
+            stack.callback(off_client.session.close)
+            off_client.wait_healthy()
+            off_client.setup()
+            off_client.warm_up(list(range(min(args.batch, args.images))), args.workers)
+            watching = {WATCH_ON: (chunks(range(args.images), args.batch), on_client.run),
+                        WATCH_OFF: (chunks(range(args.images), args.batch), off_client.run)}
         for warm in (paths[: args.batch], paths[:1], paths[:1]):
             raw.run(warm)
         progress(f"timing {args.repeat} interleaved rounds of raw batched, raw loop, /predict...")
@@ -365,11 +461,13 @@ def run_bench(args: argparse.Namespace, model_path: Path) -> Results:
             f"batched (list of {args.batch} paths)": (chunks(paths, args.batch), raw.run),
             "loop (one path per call)": (chunks(paths, 1), raw.run),
             LABELPILOT: (chunks(range(args.images), args.batch), client.run),
+            **watching,
         }
         series = interleaved(contenders, args.repeat)
         workers_mb = backend.worker_memory_mb()
+        quality_ms = quality_observer_ms(paths) if args.watch else None
     settings["load_after"] = os.getloadavg()[0]
-    return Results(settings, series, child, startup, workers_mb)
+    return Results(settings, series, child, startup, workers_mb, quality_ms)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

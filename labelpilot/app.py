@@ -11,6 +11,7 @@ from flask import Flask, Response, g, request
 from labelpilot.adapters.admin import admin_blueprint
 from labelpilot.adapters.cvat.config import ConfigError, CvatConfig
 from labelpilot.adapters.cvat.facade import cvat_blueprint
+from labelpilot.adapters.dashboard import dashboard
 from labelpilot.adapters.http_auth import BearerToken, basic_auth
 from labelpilot.adapters.http_errors import install_error_handlers
 from labelpilot.adapters.http_ports import PortRouting
@@ -74,6 +75,7 @@ def create_app(settings: Settings, connection: redis.Redis, *,
     monitor = QueueMonitor(connection)
 
     app = Flask("labelpilot")
+    app.extensions["labelpilot.predictor"] = predictor  # e.g. `predictor.close()` in tests
     app.json.sort_keys = False  # type: ignore[attr-defined]
     install_error_handlers(app)
     _measure_requests(app)
@@ -84,7 +86,8 @@ def create_app(settings: Settings, connection: redis.Redis, *,
         jobs.label_studio_hook(connection), auth, sam=interactive,
         defaults=control_defaults(settings), monitor=monitor,
         on_long_video=jobs.video_hook(connection),
-        on_propagate=jobs.propagation_hook(connection)))
+        on_propagate=jobs.propagation_hook(connection),
+        on_annotation=jobs.acceptance_hook(connection)))
     app.register_blueprint(cvat_blueprint(
         predictor.models, predictor.current, connection, cvat, jobs.cvat_hook(connection),
         locator=model_locator(settings), sam=sam, max_pixels=settings.max_image_pixels,
@@ -92,6 +95,7 @@ def create_app(settings: Settings, connection: redis.Redis, *,
     app.register_blueprint(admin_blueprint(
         store, connection, BearerToken(admin_token) if admin_token else None, auth,
         monitor=monitor))
+    app.register_blueprint(dashboard(store, connection, admin_token, auth))
     return app
 
 

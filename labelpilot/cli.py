@@ -115,12 +115,14 @@ def demo(
     model: str = typer.Option("", help="detection weights (default: yolo11n.pt, else offline "
                               "fallback: a small model trained on generated shapes)"),
     wait: bool = typer.Option(True, help="keep running until Ctrl+C (--no-wait: set up, exit)"),
+    activity: bool = typer.Option(True, help="offline demo: label the shapes tasks, train two "
+                                  "versions and scan, so the dashboard has something to show"),
 ) -> None:
     """Label Studio + labelpilot + a demo project with pre-annotations, until Ctrl+C."""
     from labelpilot.demo import run_demo
 
     run_demo(_settings(ctx), ls_port=port, backend_port=backend_port, model=model or None,
-             wait=wait)
+             wait=wait, activity=activity)
 
 
 @connect_app.command("label-studio")
@@ -422,6 +424,30 @@ def label_errors_command(
     typer.echo(f"{queued.outcome}: job {queued.job_id} (see: labelpilot jobs)")
 
 
+@app.command("scan")
+def scan_command(
+    ctx: typer.Context,
+    ls_project: int = typer.Option(None, "--ls-project", help="Label Studio project id"),
+    cvat_task: int = typer.Option(None, "--cvat-task", help="CVAT task id (CVAT_URL + creds)"),
+    wait: bool = typer.Option(False, help="run here and wait instead of queueing for a worker"),
+) -> None:
+    """Check every image of a project for quality (corrupt, dark, overexposed, blurry,
+    near-constant, odd size or bands, duplicates) and mark the findings: in Label Studio the
+    column data.labelpilot_quality and the tab "labelpilot: quality"; in CVAT frame tags
+    "quality:<finding>". Thresholds: `labelpilot settings PROJECT --quality NAME=VALUE`."""
+    from labelpilot.adapters.label_studio.client import LabelStudioApiError
+    from labelpilot.scan_command import ScanCommandError, run_scan_command
+
+    if (ls_project is None) == (cvat_task is None):
+        raise typer.BadParameter("give one of --ls-project or --cvat-task")
+    with _cvat_errors("scan", ValueError, LabelStudioApiError):
+        try:
+            typer.echo(run_scan_command(_settings(ctx), ls_project=ls_project,
+                                        cvat_task=cvat_task, wait=wait, user=_user()))
+        except ScanCommandError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+
+
 @app.command()
 def jobs(ctx: typer.Context,
          key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> None:
@@ -437,7 +463,11 @@ def jobs(ctx: typer.Context,
             where = f"fold {meta['fold']}/{meta.get('folds')} {where}"
         if meta.get("phase") == "tracking":
             where = f"tracking frame {meta.get('done')}/{meta.get('total')}"
+        if meta.get("phase") == "scanning":
+            where = f"scanned {meta.get('done')}/{meta.get('total') or '?'}"
         extra = f" -> {meta['version']}" if meta.get("version") else ""
+        if meta.get("phase") == "done" and "scan_flagged" in meta:
+            extra = f" -> {meta['scan_flagged']} with quality findings {meta.get('findings')}"
         if meta.get("phase") == "done" and "flagged" in meta:
             extra = f" -> {meta['flagged']} flagged for review"
         if meta.get("phase") == "done" and "filled" in meta:
@@ -463,16 +493,47 @@ def settings(
     train_every: int = typer.Option(None, help="train after N annotation changes (0: off)"),
     pretrained: str = typer.Option(None, help="weights to transfer into a first version "
                                    "trained from YAML (e.g. a detect model for a pose one)"),
+    quality: list[str] = typer.Option(  # noqa: B008 (typer reads the default, never mutates it)
+        None, "--quality", help="an image-quality threshold NAME=VALUE, repeatable: dark, "
+        "overexposed, clipped, blurry, low_information, min_side, max_aspect, bands, "
+        "near_duplicate (e.g. --quality dark=30 --quality bands=1,3,4)"),
+    low_quality: str = typer.Option(None, help="training: keep | skip images found dark, "
+                                    "overexposed, blurry or near-constant"),
+    bands: str = typer.Option(None, help="16-bit / multi-band images: source bands seen as "
+                              "R,G,B (1-based, e.g. 4,1,2 for NIR,R,G), 1 for one band as "
+                              "gray, or auto (bands 1-3)"),
+    stretch: str = typer.Option(None, help="percentiles mapped to 0 and 255 for 16-bit / "
+                                "float bands, e.g. 2,98 (0,100: min-max)"),
 ) -> None:
     """Show or change a project's training settings."""
     from labelpilot.redis_conn import connect
     from labelpilot.trainers.settings import save_params
 
-    params = save_params(connect(_settings(ctx)), project, epochs=epochs, imgsz=imgsz,
-                         batch=batch, patience=patience, promotion=promotion, margin=margin,
-                         first_version_floor=first_version_floor, train_every=train_every,
-                         pretrained=pretrained)
+    try:
+        params = save_params(connect(_settings(ctx)), project, epochs=epochs, imgsz=imgsz,
+                             batch=batch, patience=patience, promotion=promotion,
+                             margin=margin, first_version_floor=first_version_floor,
+                             train_every=train_every, pretrained=pretrained,
+                             low_quality=low_quality, bands=bands, stretch=stretch,
+                             **_quality_options(quality or []))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     typer.echo(" ".join(f"{k}={v}" for k, v in vars(params).items()))
+
+
+def _quality_options(pairs: list[str]) -> dict[str, str]:
+    """`--quality dark=30` → {"quality_dark": "30"}."""
+    from labelpilot.backends.quality import QualityThresholds
+
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name.strip() not in QualityThresholds.__dataclass_fields__ or not value:
+            raise typer.BadParameter(
+                f"--quality {pair}: give NAME=VALUE, NAME one of "
+                f"{', '.join(QualityThresholds.__dataclass_fields__)}")
+        out[f"quality_{name.strip()}"] = value.strip()
+    return out
 
 
 def _num(metrics: dict[str, float]) -> str:
@@ -496,8 +557,11 @@ def _store(ctx: typer.Context) -> ModelStore:
 def models_list(ctx: typer.Context) -> None:
     """Every model key with its versions, metrics and which one serves."""
     from labelpilot.adapters.admin import describe
+    from labelpilot.backends.acceptance import AcceptanceLedger
 
     store = _store(ctx)
+    accepted = {str(row["model_version"]): row
+                for row in AcceptanceLedger(store.connection).summary()}
     for key in store.model_keys():
         for v in describe(store, key)["versions"]:
             cand = (v["metrics"] or {}).get("candidate") or {}
@@ -506,6 +570,16 @@ def models_list(ctx: typer.Context) -> None:
             typer.echo(f"{mark} {v['model_version']:<28} holdout {_metric_name(cand)} "
                        f"{_num(cand):<6} "
                        f"(served then: {_num(cur):<6}) {(v['decision'] or {}).get('reason', '')}")
+            if v["model_version"] in accepted:
+                typer.echo(f"    {_acceptance(accepted[v['model_version']])}")
+
+
+def _acceptance(row: dict[str, Any]) -> str:
+    """One version's acceptance figures, as `models list` prints them."""
+    rate = "-" if row["rate"] is None else f"{100 * row['rate']:.0f} %"
+    return (f"acceptance {rate}: annotators kept {row['kept']} of {row['predicted']} predicted "
+            f"regions, deleted {row['deleted']}, added {row['added']} "
+            f"({row['annotations']} annotations)")
 
 
 @models_app.command("promote")
@@ -520,6 +594,66 @@ def models_rollback(ctx: typer.Context, key: str) -> None:
     """Go back to the version that served before the current one."""
     version = _store(ctx).rollback(key, by=f"cli:{_user()}")
     typer.echo(f"{key} -> {version.version}")
+
+
+@models_app.command("requests")
+def models_requests(ctx: typer.Context, project: str = typer.Option(
+        None, help="only this project's, e.g. ls-3")) -> None:
+    """Retraining requests raised by drift, newest first (approve or reject the ready ones)."""
+    import time
+
+    from labelpilot.trainers.drift_monitor import drift_status
+    from labelpilot.trainers.retraining import RetrainingRequests
+
+    store = _store(ctx)
+    found = RetrainingRequests(store.connection).list(project)
+    if not found:
+        typer.echo("no retraining requests")
+    for r in found:
+        raised = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["raised_at"]))
+        decided = f" by {r['decided_by']}" if r["decided_by"] else ""
+        typer.echo(f"{r['id']}  {r['status']:<9} {r['model_key']} {r['model_version']} -> "
+                   f"candidate {r['candidate'] or '-'}  ({r['reason']}, raised {raised} UTC"
+                   f"{decided})")
+        evidence = r.get("evidence") or {}
+        if evidence.get("reasons"):
+            typer.echo(f"    {'; '.join(evidence['reasons'])}")
+    for key in store.model_keys():
+        status = drift_status(store.connection, key)
+        if status:
+            p_value, drop = status["p_value"], status["confidence_drop"]
+            typer.echo(f"drift {key}: {'DRIFT' if status['drifted'] else 'ok'} "
+                       f"(p={'-' if p_value is None else f'{p_value:.3f}'}, window "
+                       f"{status['window']}, confidence drop "
+                       f"{'-' if drop is None else f'{drop:.2f}'}, {status['model_version']})")
+
+
+def _decide_request(ctx: typer.Context, request_id: str, approve: bool) -> None:
+    from labelpilot.trainers.retraining import RetrainingRequests
+
+    store = _store(ctx)
+    requests_ = RetrainingRequests(store.connection)
+    try:
+        done = (requests_.approve(request_id, store, by=f"cli:{_user()}") if approve
+                else requests_.reject(request_id, by=f"cli:{_user()}"))
+    except (KeyError, ValueError) as exc:
+        typer.echo(f"labelpilot: {exc.args[0]}", err=True)
+        raise typer.Exit(2) from None
+    serving = store.current(done["model_key"])
+    typer.echo(f"{done['id']} {done['status']}: {done['model_key']} serves "
+               f"{serving.version if serving else 'its default weights'}")
+
+
+@models_app.command("approve")
+def models_approve(ctx: typer.Context, request_id: str) -> None:
+    """Approve a ready retraining request: its candidate version serves everywhere."""
+    _decide_request(ctx, request_id, approve=True)
+
+
+@models_app.command("reject")
+def models_reject(ctx: typer.Context, request_id: str) -> None:
+    """Reject a retraining request: the served version stays."""
+    _decide_request(ctx, request_id, approve=False)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ SAM_PROJECT_TITLE = "labelpilot demo: SAM clicks"
 SHAPE_TASKS = 24
 # Offline demo training: small enough to finish in about a minute on a laptop CPU.
 OFFLINE_TRAINING = {"epochs": 40, "imgsz": 160, "batch": 8}
+DEMO_ADMIN_TOKEN = "labelpilot-demo-admin"  # the dashboard's password unless one is set
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def sample_images(directory: Path, with_shapes: bool) -> list[Path]:
             bgr = image[:, :, ::-1] if image.ndim == 3 else image
             cv2.imwrite(str(target), bgr)
         paths.append(target)
-    if with_shapes:
+    if with_shapes:  # the offline demo: also what a quality scan should catch
+        paths.extend(_flawed_photos(directory, paths))
         from labelpilot.synthetic import make_image
 
         rng = random.Random(2024)
@@ -64,6 +66,21 @@ def sample_images(directory: Path, with_shapes: bool) -> list[Path]:
                 cv2.imwrite(str(target), make_image(rng, 160).image)
             paths.append(target)
     return paths
+
+
+def _flawed_photos(directory: Path, photos: list[Path]) -> list[Path]:
+    """A dark, a blurred and a resized copy of sample photos: findings for the quality scan."""
+    flawed = {"dark_coffee.png": (photos[3], lambda im: (im * 0.12).astype(np.uint8)),
+              "blurry_chelsea.png": (photos[4], lambda im: cv2.GaussianBlur(im, (0, 0), 6)),
+              "bus_small_copy.jpg": (photos[0], lambda im: cv2.resize(
+                  im, (im.shape[1] // 2, im.shape[0] // 2), interpolation=cv2.INTER_AREA))}
+    made = []
+    for name, (source, change) in flawed.items():
+        target = directory / name
+        if not target.exists():
+            cv2.imwrite(str(target), change(cv2.imread(str(source))))
+        made.append(target)
+    return made
 
 
 def choose_model(settings: Settings, requested: str | None) -> DemoModel:
@@ -142,8 +159,32 @@ def _sam_project(admin: LabelStudioClient, backend_url: str, root: Path) -> int:
     return project
 
 
+def _activity(admin: LabelStudioClient, settings: Settings, project: int) -> str:
+    """Annotate, train twice and scan (see `demo_activity`); the lines the demo prints."""
+    from labelpilot import jobs
+    from labelpilot.adapters.label_studio.training import request_project_training
+    from labelpilot.demo_activity import run_activity
+    from labelpilot.redis_conn import connect
+
+    connection = connect(settings)
+    print("\n  Filling the dashboard: a demo annotator labels the shapes tasks, labelpilot "
+          "trains\n  two versions and scans the project (a few minutes; progress below and "
+          "in\n  `labelpilot jobs`).", flush=True)
+    done = run_activity(
+        admin, connection, project,
+        train=lambda p, trigger: request_project_training(
+            connection, jobs.LABEL_STUDIO_JOB, p, trigger).job_id,
+        scan=lambda p: jobs.queue_scan_label_studio(connection, p))
+    kept = "; ".join(f"{row['model_version']}: {row['kept']} of {row['predicted']} "
+                     f"predicted boxes kept" for row in done.acceptance) or "none measured"
+    return (f"  annotated      {done.annotated} shapes tasks (ground truth), trained "
+            f"{', '.join(done.versions)}\n  acceptance     {kept}\n"
+            f"  quality scan   {done.scan}\n")
+
+
 def run_demo(settings: Settings, ls_port: int = 18080, backend_port: int = 9090,
-             model: str | None = None, wait: bool = True) -> dict[str, object]:
+             model: str | None = None, wait: bool = True,
+             activity: bool = True) -> dict[str, object]:
     root = settings.resolved_data_dir / "demo"
     if "model_dir" not in settings.model_fields_set:  # the demo's own model store
         settings = settings.with_overrides(model_dir=root / "models")
@@ -159,10 +200,10 @@ def run_demo(settings: Settings, ls_port: int = 18080, backend_port: int = 9090,
         served = settings.with_overrides(
             host="127.0.0.1", port=backend_port, workers=1, threads=4,
             model_detect=chosen.weights, label_studio_url=ls.url, label_studio_api_key=ls.token,
-            sam_model=sam_ref)
+            sam_model=sam_ref, admin_token=settings.admin_token or DEMO_ADMIN_TOKEN)
         server = stack.enter_context(backend_processes(served, extra_env=served.env_of((
             "host", "port", "workers", "threads", "model_dir", "model_detect",
-            "label_studio_url", "label_studio_api_key", "sam_model"))))
+            "label_studio_url", "label_studio_api_key", "sam_model", "admin_token"))))
         wait_healthy(backend_url, server)
         admin = LabelStudioClient(ls.url, ls.token)
         project = _find_project(admin)
@@ -201,6 +242,16 @@ def run_demo(settings: Settings, ls_port: int = 18080, backend_port: int = 9090,
   certain first: the score is the model's confidence. {sampling}
   Label some tasks, then Settings > Model > Start training; follow it with
   `.venv/bin/labelpilot jobs`. The better version then serves (`labelpilot models list`).
+""", flush=True)
+        if activity and chosen.config_name == "detection_shapes":
+            filled = _activity(admin, settings, project)
+            summary["activity"] = filled
+            print(filled, flush=True)
+        token = served.admin_token.get_secret_value() if served.admin_token else ""
+        print(f"""  Dashboard      {backend_url}/dashboard
+                 user: any name, password: {token}
+                 (versions, acceptance rate, drift, quality findings, jobs)
+
   Press Ctrl+C to stop.
 """, flush=True)
         if wait:

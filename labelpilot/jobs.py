@@ -16,6 +16,7 @@ import redis
 
 if TYPE_CHECKING:
     from labelpilot.adapters.cvat.webhook import TrainingRequest
+    from labelpilot.adapters.label_studio.acceptance import AnnotationHook
     from labelpilot.adapters.label_studio.blueprint import PropagationHook, TrainingHook
     from labelpilot.adapters.label_studio.connections import Connections, SourcePolicy
     from labelpilot.adapters.label_studio.propagation import PropagationRequest
@@ -266,3 +267,104 @@ def cvat_hook(connection: redis.Redis) -> TrainingRequest:
     from labelpilot.adapters.cvat.training import request_cvat_training
 
     return partial(request_cvat_training, connection, CVAT_JOB)
+
+
+ACCEPTANCE_JOB = "labelpilot.jobs.acceptance_label_studio"
+
+
+def acceptance_label_studio(request: dict[str, Any]) -> dict[str, Any]:
+    """Compare a submitted LS annotation with labelpilot's prediction (acceptance rate)."""
+    from labelpilot.adapters.label_studio.acceptance import AcceptanceRequest, measure_annotation
+    from labelpilot.adapters.label_studio.config import ConfigError, parse_label_config
+    from labelpilot.backends.acceptance import AcceptanceLedger
+    from labelpilot.runtime import control_defaults
+
+    settings, connection, _, connections = label_studio_job()
+    wanted = AcceptanceRequest(**request)
+    connections.require_token(wanted.project_id)
+    controls = None
+    try:  # compare only what labelpilot predicts (not text areas, ratings, ...)
+        config = connections.get(wanted.project_id).label_config or ""
+        plan = parse_label_config(config, control_defaults(settings)) if config else None
+        controls = frozenset(c.name for c in plan.controls) if plan else None
+    except ConfigError:
+        pass
+    return measure_annotation(wanted, connections.image_source(wanted.project_id).api,
+                              AcceptanceLedger(connection), controls=controls)
+
+
+def acceptance_hook(connection: redis.Redis) -> AnnotationHook:
+    """What an LS annotation webhook calls: queue `acceptance_label_studio`."""
+    from labelpilot.adapters.label_studio.acceptance import queue_acceptance
+
+    return partial(queue_acceptance, connection, job_func=ACCEPTANCE_JOB)
+
+
+SCAN_JOB = "labelpilot.jobs.scan_label_studio"
+CVAT_SCAN_JOB = "labelpilot.jobs.scan_cvat"
+
+
+def scan_label_studio(project_id: int, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check every image of an LS project (quality scan) and mark the findings on its tasks."""
+    from labelpilot.adapters.label_studio.scan import LabelStudioScan
+    from labelpilot.adapters.label_studio.training import queue_key, training_ended
+    from labelpilot.trainers.band_settings import load_band_mapping
+    from labelpilot.trainers.quality_settings import load_thresholds
+    from labelpilot.trainers.scan import run_scan
+
+    settings, connection, policy, connections = label_studio_job()
+    try:
+        connections.require_token(project_id)
+        scan = LabelStudioScan(connections.image_source(project_id), project_id)
+        project = queue_key(project_id)
+        log.info("quality scan %s (trigger %s)", project, trigger)
+        return run_scan(project, scan.items(), scan, connection,
+                        load_thresholds(connection, project),
+                        max_pixels=settings.max_image_pixels, total=scan.total,
+                        bands=load_band_mapping(connection, project))
+    finally:
+        training_ended(connection, project_id, policy.token_seconds)
+
+
+def scan_cvat(task_id: int, trigger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check every frame of a CVAT task (quality scan) and tag the findings on its frames."""
+    from labelpilot.adapters.cvat.client import cvat_client
+    from labelpilot.adapters.cvat.scan import CvatScan
+    from labelpilot.runtime import cvat_access
+    from labelpilot.settings import load_settings
+    from labelpilot.trainers.band_settings import load_band_mapping
+    from labelpilot.trainers.quality_settings import load_thresholds
+    from labelpilot.trainers.scan import run_scan
+
+    settings = load_settings()
+    connection = job_connection()
+    scan = CvatScan(cvat_client(cvat_access(settings)), int(task_id))
+    log.info("quality scan %s (trigger %s)", scan.key, trigger)
+    return run_scan(scan.key, scan.items(), scan, connection,
+                    load_thresholds(connection, scan.key),
+                    max_pixels=settings.max_image_pixels, total=scan.total,
+                    bands=load_band_mapping(connection, scan.key))
+
+
+def acceptance_cvat(job_id: int, task_id: int) -> dict[str, Any]:
+    """Compare a completed CVAT job's frames with what labelpilot's detector returned."""
+    from labelpilot.adapters.cvat.acceptance import measure_job
+    from labelpilot.adapters.cvat.client import cvat_client
+    from labelpilot.backends.acceptance import AcceptanceLedger
+    from labelpilot.runtime import cvat_access
+    from labelpilot.settings import load_settings
+
+    settings = load_settings()
+    connection = job_connection()
+    return measure_job(cvat_client(cvat_access(settings)), int(job_id), int(task_id),
+                       connection, AcceptanceLedger(connection),
+                       max_pixels=settings.max_image_pixels)
+
+
+def queue_scan_label_studio(connection: redis.Redis, project_id: int,
+                            trigger: dict[str, Any] | None = None) -> str:
+    """Queue (or join) the quality scan of an LS project; the job's id."""
+    from labelpilot.adapters.label_studio.scan import request_scan
+
+    return request_scan(connection, SCAN_JOB, project_id,
+                        trigger or {"event": "demo"}).job_id

@@ -17,6 +17,7 @@ from labelpilot.adapters.label_studio.predictor import Predictor
 from labelpilot.adapters.label_studio.video import VideoLimits
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.observation import Observer
 from labelpilot.backends.sam import RedisEmbeddingStore, SamModels, SamOptions
 from labelpilot.settings import Settings, secret
 
@@ -59,7 +60,52 @@ def build_predictor(settings: Settings, store: ModelStore) -> Predictor:
     """Batch pre-annotation over the YOLO models of this process."""
     return Predictor(store, model_locator(settings), max_models=settings.max_models,
                      device=settings.device, max_batch=yolo_max_batch(settings),
-                     max_pixels=settings.max_image_pixels, video=video_limits(settings))
+                     max_pixels=settings.max_image_pixels, video=video_limits(settings),
+                     observers=build_observers(settings, store.connection, store))
+
+
+def build_observers(settings: Settings, connection: redis.Redis,
+                    store: ModelStore) -> list[Observer]:
+    """What watches every predicted image: usage counts always; quality checks and drift
+    unless LABELPILOT_WATCH is off."""
+    from labelpilot.backends.usage import PredictionCounter
+
+    observers: list[Observer] = [PredictionCounter(connection)]  # always: predictions per day
+    watching: list[Observer] = []  # only with LABELPILOT_WATCH (quality checks, drift)
+    from functools import partial
+
+    from labelpilot.backends.quality_ledger import QualityLedger, QualityObserver
+    from labelpilot.trainers.quality_settings import load_thresholds
+
+    watching.append(QualityObserver(QualityLedger(connection),
+                                    partial(load_thresholds, connection)))
+    from labelpilot.backends.drift import DriftSettings
+    from labelpilot.trainers.drift_monitor import DriftObserver
+    from labelpilot.trainers.retraining import RetrainingRequests
+
+    watching.append(DriftObserver(
+        connection, store, window=settings.drift_window,
+        settings=DriftSettings(alpha=settings.drift_alpha,
+                               min_window=min(20, settings.drift_window)),
+        requests=RetrainingRequests(connection, partial(queue_drift_training, connection))))
+    return observers + (watching if settings.watch else [])
+
+
+def queue_drift_training(connection: redis.Redis, project: str, _model_key: str,
+                         trigger: dict[str, object]) -> str:
+    """Queue the retraining a drift's request asks for ("ls-3" → LS project 3, "cvat-task-7"
+    → CVAT task 7); its trigger holds the new version for an admin's approval."""
+    from labelpilot.jobs import CVAT_JOB, LABEL_STUDIO_JOB
+
+    if project.startswith("ls-"):
+        from labelpilot.adapters.label_studio.training import request_project_training
+
+        return request_project_training(connection, LABEL_STUDIO_JOB, int(project[3:]),
+                                        trigger).job_id
+    from labelpilot.adapters.cvat.training import request_cvat_training
+
+    kind, _, ident = project.removeprefix("cvat-").partition("-")
+    return request_cvat_training(connection, CVAT_JOB, kind, int(ident), trigger).job_id
 
 
 def video_limits(settings: Settings) -> VideoLimits:

@@ -173,6 +173,7 @@ def run_worker(settings: Settings, queues: tuple[str, ...] = QUEUES,
                name: str | None = None) -> None:
     from rq import Worker
 
+    import labelpilot.runtime  # noqa: F401  every job's work horse (a fork) starts with it loaded
     from labelpilot.redis_conn import connect
 
     class HorseDiesWithWorker(Worker):

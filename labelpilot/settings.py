@@ -24,6 +24,7 @@ GROUPS = {
     "models": "Models",
     "sam": "Interactive SAM",
     "cvat": "CVAT",
+    "watch": "Watching: quality, drift, acceptance",
     "server": "Server, Redis and workers",
 }
 
@@ -203,6 +204,20 @@ class Settings(BaseSettings):
     cvat_password: SecretStr | None = _field(None, "CVAT_PASSWORD", "cvat",
                                              "CVAT password.")
     cvat_org: str | None = _field(None, "CVAT_ORG", "cvat", "CVAT organization slug.")
+
+    # Watching
+    watch: bool = _field(
+        True, "LABELPILOT_WATCH", "watch",
+        "Check the quality of every predicted image and watch it for drift (`false`: "
+        "predictions only; scans, acceptance and the dashboard still work).")
+    drift_window: int = _field(
+        50, "LABELPILOT_DRIFT_WINDOW", "watch",
+        "Predicted images per drift test (per model version), compared with the version's "
+        "training images.", ge=10, le=5000)
+    drift_alpha: float = _field(
+        0.01, "LABELPILOT_DRIFT_ALPHA", "watch",
+        "Significance level of the drift test: lower raises fewer, surer retraining "
+        "requests.", gt=0, lt=0.5)
 
     # Server
     host: str = _field("0.0.0.0", "LABELPILOT_HOST", "server", "Address `serve` binds.")

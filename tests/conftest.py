@@ -178,6 +178,8 @@ def make_client(monkeypatch, shapes_model: Path, redis_url: str):  # type: ignor
     from labelpilot.app import create_app
     from labelpilot.settings import load_settings
 
+    apps = []
+
     def make(redis_to: str = redis_url, **env: str):  # type: ignore[no-untyped-def]
         monkeypatch.setenv("LABELPILOT_MODEL_DETECT", str(shapes_model))
         monkeypatch.setenv("LABELPILOT_ALLOWED_HOSTS", "127.0.0.1")
@@ -185,9 +187,36 @@ def make_client(monkeypatch, shapes_model: Path, redis_url: str):  # type: ignor
             monkeypatch.setenv(name, value)
         connection = redis.Redis.from_url(redis_to, socket_connect_timeout=0.5,
                                           socket_timeout=2.0)
-        return create_app(load_settings(), connection).test_client()
+        app = create_app(load_settings(), connection)
+        apps.append(app)
+        return app.test_client()
 
-    return make
+    yield make
+    for app in apps:  # no listener left loading weights when the process exits
+        app.extensions["labelpilot.predictor"].close()
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No hot-swap listener may still be loading weights when the interpreter exits."""
+    from labelpilot.backends.hot_swap import stop_all
+
+    stop_all()
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process with pytest's own exit status once everything is reported:
+    the session loads torch, OpenCV and FFmpeg, whose native thread pools can abort the
+    interpreter's final teardown ("terminate called without an active exception", exit
+    134) after every test passed; skipping that teardown keeps the status honest."""
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
 
 
 def pytest_report_header() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,10 +76,16 @@ def test_demo_sets_up_label_studio_with_pre_annotations(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "labelpilot", "demo", "--no-wait", "--port", str(free_port()),
          "--backend-port", str(free_port())], env=env, cwd=REPO, capture_output=True,
-        text=True, timeout=600)
+        text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the dashboard has something to show: two trained versions, acceptance, a quality scan
+    assert re.search(r"trained ls-\d+-label-v1, ls-\d+-label-v2", result.stdout), result.stdout
+    kept = re.findall(r"(\S+): (\d+) of (\d+) predicted boxes kept", result.stdout)
+    assert len(kept) >= 2 and all(int(n) > 0 for _, _, n in kept), result.stdout
+    assert re.search(r"quality scan   34 images scanned, [3-9] with findings", result.stdout)
+    assert re.search(r"Dashboard      http://127\.0\.0\.1:\d+/dashboard", result.stdout)
     assert "weight downloads are off" in result.stderr and "Offline fallback" in result.stderr
-    assert "tasks          31, with pre-annotations: 31" in result.stdout
+    assert "tasks          34, with pre-annotations: 34" in result.stdout
     # Label Studio serves the least certain task first, among labelpilot's predictions
     assert "serves the least certain task first (Uncertainty sampling" in result.stdout
     assert "admin@example.com / labelpilot-demo" in result.stdout

@@ -114,7 +114,10 @@ def test_an_id_switch_between_the_anchors_blends_both_tracks(clip, split_tracks)
     seen_before = range(A + 1, hidden)  # the frames before it goes behind the pillar
     assert len(seen_before) >= 3
     assert mean_iou(result.boxes, truth, range(B - 15, B)) >= 0.8
-    assert all(box_iou(result.boxes[f], truth.boxes[f]) >= 0.7 for f in seen_before)
+    # the last of these frames is where it starts to pass behind the pillar: 0.69-0.75 there
+    # depending on the machine the shapes model was trained on, 0.88-0.98 before
+    assert all(box_iou(result.boxes[f], truth.boxes[f]) >= 0.65 for f in seen_before)
+    assert all(box_iou(result.boxes[f], truth.boxes[f]) >= 0.85 for f in seen_before[:-1])
 
 
 def test_the_annotators_offset_is_carried_and_interpolated(clip, tracks):

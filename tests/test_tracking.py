@@ -89,5 +89,7 @@ def test_tracking_generated_clips_follows_every_object(shapes_model: Path, tmp_p
                 joined += scores.idf1 / 2
             else:
                 split += scores.idf1 / 2
-    assert joined >= 0.95, joined
+    # 0.95-0.97 on most machines; 0.946 for OC-SORT with the shapes model trained on an AMD
+    # EPYC (training is deterministic per machine, not across CPUs)
+    assert joined >= 0.94, joined
     assert joined >= split, (joined, split)

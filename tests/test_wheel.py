@@ -38,7 +38,7 @@ def test_wheel_holds_one_top_level_package_with_every_module_and_config(wheel: P
                                                 + ".dist-info"}
     expected = {f"{target}/{path.relative_to(REPO / folder)}"
                 for folder, target in FOLDERS.items()
-                for pattern in ("*.py", "*.xml", "*.json")
+                for pattern in ("*.py", "*.xml", "*.json", "*.html", "*.js")
                 for path in (REPO / folder).rglob(pattern)
                 if "__pycache__" not in path.parts}
     assert expected - set(names) == set(), "left out of the wheel (pyproject `packages`?)"

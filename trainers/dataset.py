@@ -117,6 +117,11 @@ def _splits(samples: Sequence[Sample]) -> dict[str, str]:
     return {sample_id: splits[u] for sample_id, u in unit.items()}
 
 
+def sample_splits(samples: Sequence[Sample]) -> dict[str, str]:
+    """Sample id → "train" / "val" / "holdout", as `build_dataset` splits them."""
+    return _splits(samples)
+
+
 _BLOCKS = 10  # blocks a group is cut into when there are too few groups to fill the splits
 
 

@@ -26,6 +26,7 @@ from labelpilot.trainers.pipeline import (
     run_training,
     scratch_model,
 )
+from labelpilot.trainers.retraining import RetrainingRequests
 from labelpilot.trainers.samples import Sample, Skipped
 from labelpilot.trainers.settings import load_params
 from labelpilot.trainers.source import LabelSource, TrainSpec
@@ -90,12 +91,19 @@ def run_training_job(source: LabelSource, connection: redis.Redis, store: ModelS
     job = get_current_job()
     with running_job(connection, source.key) as progress, tempfile.TemporaryDirectory(
             prefix=f"{source.key}-") as tmp:
-        pulled = source.write_samples(Path(tmp), progress)
-        spec = source.describe(pulled.samples)
-        request = train_request(spec, pulled.samples, store, load_params(connection, source.key),
-                                {**(trigger or {}), "job": job.id if job else None}, locator,
-                                device, skipped=pulled.skipped)
-        return run_training(request, store, progress)
+        try:
+            pulled = source.write_samples(Path(tmp), progress)
+            spec = source.describe(pulled.samples)
+            request = train_request(spec, pulled.samples, store,
+                                    load_params(connection, source.key),
+                                    {**(trigger or {}), "job": job.id if job else None}, locator,
+                                    device, skipped=pulled.skipped)
+            return run_training(request, store, progress)
+        except Exception as exc:
+            answered = (trigger or {}).get("request")  # a drift's retraining request
+            if answered:
+                RetrainingRequests(connection).fail(str(answered), f"the training failed: {exc}")
+            raise
 
 
 def train_request(spec: TrainSpec, samples: Sequence[Sample], store: ModelStore,

@@ -10,9 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labelpilot.backends.bands import BandMapping
 from labelpilot.backends.model_store import ModelStore, ModelVersion
 from labelpilot.backends.tasks import task_spec
 from labelpilot.trainers.dataset import DatasetError, build_dataset
+from labelpilot.trainers.drift_reference import write_reference
+from labelpilot.trainers.quality_screen import screen_samples
+from labelpilot.trainers.retraining import RetrainingRequests, vetting_request
 from labelpilot.trainers.samples import Sample, Skipped
 from labelpilot.trainers.yolo_train import evaluate_yolo, floor_metric, primary_metric, train_yolo
 
@@ -37,6 +41,21 @@ class TrainParams:
     # weights whose matching layers seed a first version trained from a YAML (no served
     # weights of the task yet), e.g. the project's detect model for its first pose model
     pretrained: str = ""
+    # image quality (labelpilot.backends.quality.QualityThresholds; see trainers/quality_settings)
+    quality_dark: float = 40.0  # mean brightness (0-255) below this: "dark"
+    quality_overexposed: float = 200.0  # mean brightness above this: "overexposed" …
+    quality_clipped: float = 0.3  # … or this share of pixels at 250+
+    quality_blurry: float = 0.3  # blur ratio (0 sharp .. 1) at or above this: "blurry"
+    quality_low_information: float = 6.0  # gray standard deviation below this: near-constant
+    quality_min_side: int = 32  # "odd_size": a side shorter than this (px) …
+    quality_max_aspect: float = 6.0  # … or a longer/shorter side ratio above this
+    quality_bands: str = "1,3"  # band counts a source file may have ("odd_bands" otherwise)
+    quality_near_duplicate: int = 6  # perceptual-hash bits (of 64) apart: "near_duplicate"
+    low_quality: str = "keep"  # training: "keep" or "skip" dark/overexposed/blurry/flat images
+    # band mapping for 16-bit / multi-band images (labelpilot.backends.bands.BandMapping):
+    # source bands seen as R,G,B ("4,1,2"; "1": gray; "auto": 1-3) and percentile stretch
+    bands: str = "auto"
+    stretch: str = "2,98"
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> TrainParams:
@@ -73,8 +92,10 @@ def run_training(request: TrainRequest, store: ModelStore,
     with tempfile.TemporaryDirectory(prefix=f"train-{request.key}-") as tmp:
         work = Path(tmp)
         skipped = left_out(request, progress)
+        samples, screened = screen_samples(request.samples, request.params, progress)
+        skipped += screened  # holdout repeats (leakage) and, if set, low-quality images
         try:
-            dataset = build_dataset(request.samples, request.task, request.class_names,
+            dataset = build_dataset(samples, request.task, request.class_names,
                                     work / "data", keypoint_count=request.keypoint_count)
         except DatasetError as exc:
             if not skipped:
@@ -124,6 +145,16 @@ def run_training(request: TrainRequest, store: ModelStore,
         timings["evaluate_s"] = time.time() - t0
         decision = gate(request.params, candidate_metrics, current_metrics,
                         class_count=len(dataset.class_names))
+        vetting = vetting_request(store.connection, request.key, request.trigger)
+        if vetting:  # a drift's retraining request: only an admin's approval promotes
+            decision = {"promote": False, "reason": f"retraining request {vetting}: waiting "
+                        f"for an admin to approve ({decision['reason']})", "request": vetting}
+        progress({"phase": "reference"})
+        t0 = time.time()
+        extra = write_reference(str(weights), [s.image for s in request.samples], work,
+                                task=request.task, imgsz=request.params.imgsz,
+                                device=request.device)
+        timings["reference_s"] = time.time() - t0
         info = {
             "task": request.task, "class_names": list(dataset.class_names),
             "keypoint_count": request.keypoint_count,
@@ -134,10 +165,13 @@ def run_training(request: TrainRequest, store: ModelStore,
                         "holdout_images": dataset.counts["holdout"]},
             "dataset": {"counts": counts, "manifest": [*dataset.manifest, *skipped]},
             "params": asdict(request.params), "trigger": request.trigger,
+            "bands": str(BandMapping.parse(request.params.bands, request.params.stretch)),
             "decision": decision, "timings": {**timings, "total_s": time.time() - started},
         }
         progress({"phase": "writing"})
-        version = store.write_version(request.key, weights, info)
+        version = store.write_version(request.key, weights, info, extra_files=extra)
+    if vetting:
+        RetrainingRequests(store.connection).attach_candidate(vetting, version.version)
     if decision["promote"]:
         store.promote(request.key, version.version, by="auto-gate")
     log.info("%s %s: candidate %s vs current %s → %s", request.key, version.version,

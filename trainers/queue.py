@@ -164,15 +164,16 @@ def jobs(connection: redis.Redis, key: str | None = None, limit: int = 20) -> li
         ids.extend(registry(queue=queue).get_job_ids())
     out = []
     for job in Job.fetch_many(list(dict.fromkeys(ids)), connection=connection):
-        if job is None or (key and job.meta.get("key") != key):
-            continue
+        if job is None or (key and job.meta.get("key") != key) or not job.meta.get("key"):
+            continue  # acceptance comparisons carry no key: not a training's bookkeeping
         status = job.get_status()
         out.append({"id": job.id, "key": job.meta.get("key"),
                     "status": getattr(status, "value", str(status)),
                     "enqueued_at": job.enqueued_at, "ended_at": job.ended_at,
             "meta": job.meta, "coalesced": coalesced_count(connection, job.id),
             "error": (job.exc_info or "").strip().splitlines()[-1:]})
-    out.sort(key=lambda j: str(j["id"]), reverse=True)
+    out.sort(key=lambda j: (j["enqueued_at"] is not None, str(j["enqueued_at"] or ""),
+                            str(j["id"])), reverse=True)  # newest first, whatever the id
     return out[:limit]
 
 

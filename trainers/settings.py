@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import redis
 
+from labelpilot.backends.bands import BandMapping
 from labelpilot.backends.redis_text import as_text
 from labelpilot.trainers.pipeline import TrainParams
+from labelpilot.trainers.quality_settings import thresholds_from
 
 _KEY = "labelpilot:settings:{}"
 
@@ -26,5 +28,8 @@ def save_params(connection: redis.Redis, project: str, **changes: Any) -> TrainP
         raise ValueError("promotion must be 'auto' or 'manual'")
     if not 0 <= params.first_version_floor <= 1:
         raise ValueError("first_version_floor must be between 0 and 1")
+    thresholds_from(params)  # the quality thresholds must make sense (ValueError says why)
+    mapping = BandMapping.parse(params.bands, params.stretch)  # ValueError says what is wrong
+    params = replace(params, bands=mapping.band_text, stretch=mapping.stretch_text)
     connection.hset(_KEY.format(project), mapping={k: str(v) for k, v in asdict(params).items()})
     return params

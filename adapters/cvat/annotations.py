@@ -51,11 +51,18 @@ class LabelInfo:
     sublabel_names: tuple[str, ...] = ()
 
 
+SCAN_TAG_PREFIX = "quality:"  # tags labelpilot's quality scan puts on frames
+
+
 def label_infos(labels: Iterable[Any]) -> dict[int, LabelInfo]:
+    """The task's labels by id, without labelpilot's own "quality:*" scan tags: they are
+    findings about an image, not labels to train on or to compare predictions with."""
     out = {}
     for label in labels:
         if get(label, "parent_id") or get(label, "has_parent"):
             continue  # a skeleton's sublabel listed on its own
+        if str(get(label, "name", "")).startswith(SCAN_TAG_PREFIX):
+            continue
         subs = list(get(label, "sublabels", None) or [])
         out[int(get(label, "id"))] = LabelInfo(
             int(get(label, "id")), str(get(label, "name")), text_value(get(label, "type")) or "any",

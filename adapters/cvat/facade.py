@@ -23,6 +23,7 @@ import redis
 from flask import Blueprint, jsonify, request
 
 from labelpilot.adapters.cvat import config, ports, tracker
+from labelpilot.adapters.cvat.acceptance import on_job_completed, remember_detection
 from labelpilot.adapters.cvat.catalog import (
     Catalog,
     CvatFunction,
@@ -147,8 +148,11 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels,
                 roi = Roi.clipped(req.roi, image.shape[1], image.shape[0])
             except ValueError as exc:
                 raise PayloadError(str(exc)) from exc
-        return nuclio_shapes(detect(models.get(function.weights), image, req.threshold, roi),
-                             function.labels)
+        shapes = nuclio_shapes(detect(models.get(function.weights), image, req.threshold, roi),
+                               function.labels)
+        if roi is None:  # a whole frame: kept for its acceptance rate when the job completes
+            remember_detection(connection, image, function.version, shapes)
+        return shapes
 
     def run_interactor(function: InteractorFunction, req: InteractorRequest) -> dict[str, Any]:
         try:
@@ -182,6 +186,7 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels,
     def webhook() -> Any:
         secret = settings.webhook_secret
         return handle_webhook(secret, request_training,
-                              lambda what: worker_notice(monitor, what))
+                              lambda what: worker_notice(monitor, what),
+                              on_job_done=lambda job: on_job_completed(connection, job))
 
     return bp

@@ -33,15 +33,18 @@ from labelpilot.adapters.cvat.annotations import (
     choose_task,
     class_names_for,
     frame_labels,
+    get,
     keypoint_layout,
     label_infos,
     labelled_frames,
     text_value,
 )
+from labelpilot.backends.bands import BandMapping
 from labelpilot.backends.images import ImageError, decode_image
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.trainers import queue
+from labelpilot.trainers.band_settings import load_band_mapping
 from labelpilot.trainers.job import run_training_job
 from labelpilot.trainers.pipeline import Progress
 from labelpilot.trainers.samples import Sample, SampleSet, Skipped
@@ -74,8 +77,10 @@ def _dump(obj: Any) -> Any:
 
 
 def export_snapshot(client: Any, kind: str, ident: int, directory: Path,
-                    progress: Progress = lambda _: None) -> Path:
-    """Pull labels, annotations and the frames that train from CVAT into `directory`."""
+                    progress: Progress = lambda _: None,
+                    bands: BandMapping | None = None) -> Path:
+    """Pull labels, annotations and the frames that train from CVAT into `directory`
+    (`bands`: the task's band mapping; the mapped 8-bit frames are written)."""
     directory.mkdir(parents=True, exist_ok=True)
     if kind == "project":
         project = client.projects.retrieve(ident)
@@ -87,12 +92,12 @@ def export_snapshot(client: Any, kind: str, ident: int, directory: Path,
     for number, task in enumerate(tasks, 1):
         progress({"phase": "downloading", "task": task.id, "tasks_done": number - 1,
                   "tasks": len(tasks)})
-        _export_task(task, directory / "tasks" / str(task.id))
+        _export_task(task, directory / "tasks" / str(task.id), bands)
     (directory / "source.json").write_text(json.dumps({"kind": kind, "id": ident}))
     return directory
 
 
-def _export_task(task: Any, directory: Path) -> None:
+def _export_task(task: Any, directory: Path, bands: BandMapping | None = None) -> None:
     frames_dir = directory / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
     annotations = _dump(task.get_annotations())
@@ -116,7 +121,7 @@ def _export_task(task: Any, directory: Path) -> None:
     for index in wanted:
         info = infos[index] if index < len(infos) else infos[0]  # video: one entry for all
         try:
-            image = decode_image(task.get_frame(index, quality="original").read())
+            image = decode_image(task.get_frame(index, quality="original").read(), bands=bands)
         except ImageError as exc:  # left out, and named in the version's manifest
             log.warning("task %s frame %s left out of training: %s", task.id, index, exc)
             entries.append({"index": index, "name": str(getattr(info, "name", index)),
@@ -145,6 +150,9 @@ def snapshot_samples(snapshot: Path) -> tuple[list[Sample], dict[int, Any]]:
                 continue
             index = int(entry["index"])
             frame = frames.get(index)
+            if frame is not None and not frame.shapes and not any(
+                    int(get(t, "label_id")) in labels for t in frame.tags):
+                frame = None  # only quality-scan tags on it: not a labelled frame
             if frame is None and not entry.get("completed"):
                 continue
             width, height = int(entry["width"]), int(entry["height"])
@@ -199,6 +207,7 @@ class CvatSource:
     snapshot: Path | None = None  # train from this snapshot instead of pulling from CVAT
     task_type: str | None = None  # the model task; default: what the labels mostly are
     default_models: Mapping[str, str] = field(default_factory=dict)  # see `train_spec`
+    bands: BandMapping | None = None  # the band mapping of the task/project's settings
     _labels: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -210,7 +219,8 @@ class CvatSource:
 
     def write_samples(self, directory: Path, progress: Progress) -> SampleSet:
         snapshot = self.snapshot or export_snapshot(self.connect(), self.kind, self.ident,
-                                                    directory / "snapshot", progress)
+                                                    directory / "snapshot", progress,
+                                                    self.bands)
         samples, self._labels = snapshot_samples(snapshot)
         progress({"phase": "converting", "samples": len(samples)})
         return SampleSet(samples, snapshot_skipped(snapshot))
@@ -230,6 +240,7 @@ def train_cvat(kind: str, ident: int, connection: redis.Redis, store: ModelStore
     maybe promote. (`locator`, `device`: see `run_training_job`; `default_models`: see
     `train_spec`.)"""
     source = CvatSource(kind, int(ident), connect, Path(snapshot) if snapshot else None,
-                        task_type, dict(default_models or {}))
+                        task_type, dict(default_models or {}),
+                        load_band_mapping(connection, store_key(kind, ident)))
     return run_training_job(source, connection, store, trigger, locator=locator,
                             device=device)

@@ -95,8 +95,10 @@ def check_signature(secret: str | None, body: bytes, given: str | None) -> None:
 
 
 def handle_webhook(secret: str | None, request_training: TrainingRequest,
-                   notice: Callable[[str], dict[str, Any]] | None = None) -> Any:
-    """`notice(what)`: extra reply fields about the queued job (e.g. that no worker is alive)."""
+                   notice: Callable[[str], dict[str, Any]] | None = None,
+                   on_job_done: Callable[[JobInfo], str | None] | None = None) -> Any:
+    """`notice(what)`: extra reply fields about the queued job (e.g. that no worker is alive);
+    `on_job_done(job)`: queues the acceptance comparison of a job that became completed."""
     body = request.get_data()
     check_signature(secret, body, request.headers.get("X-Signature-256"))
     try:
@@ -122,5 +124,8 @@ def handle_webhook(secret: str | None, request_training: TrainingRequest,
                             f"run 'labelpilot train --cvat-{kind} {ident}' later") from exc
     extra = notice(f"CVAT {kind} {ident}: training job {queued.job_id} {queued.outcome}") \
         if notice else {}
+    if on_job_done is not None and event.event == "update:job" and event.job is not None:
+        accepting = on_job_done(event.job)  # acceptance rate of what the detector predicted
+        extra = {**extra, **({"acceptance": accepting} if accepting else {})}
     return jsonify({"status": "ok", "event": event.event, "train": f"{kind} {ident}",
                     "job": queued.job_id, "queue": queued.outcome, **extra}), 202

@@ -14,6 +14,7 @@ from redis.exceptions import LockError
 
 from labelpilot.adapters.http_auth import BasicAuth
 from labelpilot.adapters.http_errors import ApiError, json_body
+from labelpilot.adapters.label_studio.acceptance import AnnotationHook, on_annotation_event
 from labelpilot.adapters.label_studio.config import (
     ConfigError,
     ControlDefaults,
@@ -78,7 +79,8 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
                            defaults: ControlDefaults | None = None,
                            monitor: QueueMonitor | None = None,
                            on_long_video: LongVideoHook | None = None,
-                           on_propagate: PropagationHook | None = None) -> Blueprint:
+                           on_propagate: PropagationHook | None = None,
+                           on_annotation: AnnotationHook | None = None) -> Blueprint:
     """The LS endpoints. `connection`: the Redis the webhook events are recorded in;
     `defaults`: the model and threshold of controls whose tags do not name them; `monitor`:
     the training queue's state for /health and the webhook replies; `on_long_video`: queues
@@ -144,14 +146,16 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
                                "(label_config/sam_*.xml)")
             try:
                 answer = sam.answer_click(req.tasks[0], context, setups,
-                                      connections.image_source(pid), version)
+                                      connections.image_source(pid), version,
+                                      bands=predictor.band_mapping(pid))
             except ApiError as exc:  # LS shows the annotator only the status: log the why
                 log.warning("interactive click on task %s refused (%d): %s", req.tasks[0].id,
                             exc.status, exc.message)
                 raise
             return _click_response(answer)
         if setups:
-            sam.prewarm_tasks(req.tasks, setups, connections.image_source(pid))
+            sam.prewarm_tasks(req.tasks, setups, connections.image_source(pid),
+                              bands=predictor.band_mapping(pid))
             if not plan.controls:  # entries without "result" store nothing in LS
                 return {"results": [{"model_version": version} for _ in req.tasks]}
         try:
@@ -201,10 +205,12 @@ def label_studio_blueprint(predictor: Predictor, connections: Connections,
         notice = worker_notice(monitor, f"project {event.project_id}: training job "
                                f"{queued.job_id} {queued.outcome}") if queued else {}
         filling = _propagation(event)
+        accepting = on_annotation_event(connection, event, on_annotation)  # acceptance rate
         return jsonify({"status": "ok", "action": event.action, "project": event.project_id,
                         "event_id": entry, "job": queued.job_id if queued else None,
                         "queue": queued.outcome if queued else "counted", **notice,
-                        **({"propagation": filling} if filling else {})}), 201
+                        **({"propagation": filling} if filling else {}),
+                        **({"acceptance": accepting} if accepting else {})}), 201
 
     def _propagation(event: WebhookEvent) -> str | None:
         """Queue the filling of a submitted video annotation's keyframes, when its project

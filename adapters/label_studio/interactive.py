@@ -26,6 +26,7 @@ from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSour
 from labelpilot.adapters.label_studio.payloads import ContextRegion, Task
 from labelpilot.adapters.label_studio.results import brush_value, polygon_value, region_id
 from labelpilot.adapters.label_studio.sam_config import SamSetup, SamTarget
+from labelpilot.backends.bands import BandMapping
 from labelpilot.backends.embedding_cache import EmbeddingCache
 from labelpilot.backends.errors import BackendError, ModelLoadError
 from labelpilot.backends.geometry import mask_to_polygon, rotated_corners
@@ -160,16 +161,19 @@ class InteractiveSam:
         self._prewarm_fetch = ThreadPoolExecutor(max_workers=2,
                                                  thread_name_prefix="sam-prewarm-fetch")
 
-    def fetch_image(self, task: Task, setup: SamSetup, source: ImageSource) -> np.ndarray:
+    def fetch_image(self, task: Task, setup: SamSetup, source: ImageSource,
+                    bands: BandMapping | None = None) -> np.ndarray:
         url = task.data.get(setup.image_key)
         if url is None:
             raise ApiError(422, f"task data has no '{setup.image_key}' field (the config reads "
                                 f"${setup.image_key})")
         try:
             data = source.fetch(str(url), task.id)
-            key = hashlib.blake2b(data, digest_size=16).digest()
+            digest = hashlib.blake2b(data, digest_size=16)
+            digest.update(str(bands).encode())  # the same file under another mapping differs
+            key = digest.digest()
             image, _ = self._images.get_or_compute(key, lambda: _read_only(
-                decode_image(data, max_pixels=self.max_pixels)))
+                decode_image(data, max_pixels=self.max_pixels, bands=bands)))
             return image
         except (ImageSourceError, ImageError) as exc:
             raise ApiError(422, f"task {task.id}: {exc}") from exc
@@ -191,11 +195,12 @@ class InteractiveSam:
 
     def answer_click(self, task: Task, regions: Sequence[ContextRegion],
                      setups: dict[str, SamSetup], source: ImageSource,
-                     version: str) -> ClickAnswer:
-        """The `/predict` answer to one interactive request, or ApiError."""
+                     version: str, bands: BandMapping | None = None) -> ClickAnswer:
+        """The `/predict` answer to one interactive request, or ApiError (`bands`: the
+        project's band mapping)."""
         named = next((r.to_name for r in regions if r.to_name in setups), None)
         setup = setups[named] if named else next(iter(setups.values()))
-        image = self.fetch_image(task, setup, source)
+        image = self.fetch_image(task, setup, source, bands)
         height, width = image.shape[:2]
         try:
             click = click_from_context(regions, width, height)
@@ -226,7 +231,7 @@ class InteractiveSam:
         return ClickAnswer(body, source_of_embedding, seconds)
 
     def prewarm_tasks(self, tasks: Sequence[Task], setups: dict[str, SamSetup],
-                      source: ImageSource) -> int:
+                      source: ImageSource, bands: BandMapping | None = None) -> int:
         """Queue the embeddings of these tasks' images (background; never fails the request).
 
         Only the first `prewarm_tasks` tasks of a request: "retrieve predictions" on a whole
@@ -235,13 +240,14 @@ class InteractiveSam:
         chosen = list(tasks)[: self.prewarm_limit]
         for setup in setups.values():
             for task in chosen:
-                self._prewarm_fetch.submit(self._prewarm_one, task, setup, source)
+                self._prewarm_fetch.submit(self._prewarm_one, task, setup, source, bands)
         return len(chosen) * len(setups)
 
-    def _prewarm_one(self, task: Task, setup: SamSetup, source: ImageSource) -> None:
+    def _prewarm_one(self, task: Task, setup: SamSetup, source: ImageSource,
+                     bands: BandMapping | None = None) -> None:
         try:
             sam = self.models.get(setup.model_ref, untrusted=True)
-            image = self.fetch_image(task, setup, source)
+            image = self.fetch_image(task, setup, source, bands)
         except (ApiError, BackendError) as exc:
             log.warning("SAM prewarm of task %s skipped: %s", task.id,
                         getattr(exc, "message", exc))

@@ -30,14 +30,18 @@ from labelpilot.adapters.label_studio.video import (
     track_clip,
 )
 from labelpilot.adapters.metrics import IMAGE_FETCH_ERRORS, PREDICTIONS
+from labelpilot.backends.bands import BandMapping
 from labelpilot.backends.errors import ModelNotFoundError, ModelTaskError
 from labelpilot.backends.hot_swap import CurrentModels
-from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image_info
 from labelpilot.backends.model_cache import ModelCache
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
+from labelpilot.backends.observation import Observation, Observer, notify
+from labelpilot.backends.shapes import Prediction
 from labelpilot.backends.tracking import TrackerError, TrackerSpec, make_tracker
 from labelpilot.backends.yolo import DEFAULT_MAX_BATCH, YoloModel
+from labelpilot.trainers.band_settings import ProjectBands
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +57,14 @@ class ModelChoice:
     weights: str | None
     version: str
     missing: str = ""  # why there are no weights, for the person who can fix it
+    key: str | None = None  # the model-store key when a trained version serves
 
 
 @dataclass(frozen=True)
 class _Loaded:
     image: np.ndarray | None
     error: str | None
+    bands: int = 3  # bands in the source file
 
 
 class Predictor:
@@ -66,20 +72,24 @@ class Predictor:
 
     `locator` resolves model refs (MODEL_DIR); without `models`, a cache of at most `max_models`
     (LABELPILOT_MAX_MODELS) YOLO models on `device` with `max_batch` images per call is made.
-    Images over `max_pixels` (LABELPILOT_MAX_IMAGE_PIXELS) fail their task.
+    Images over `max_pixels` (LABELPILOT_MAX_IMAGE_PIXELS) fail their task. `observers` see
+    every predicted image (see `backends.observation`).
     """
 
     def __init__(self, store: ModelStore, locator: ModelLocator, *,
                  models: ModelCache[YoloModel] | None = None, max_models: int = 4,
                  device: str = "", max_batch: int = DEFAULT_MAX_BATCH,
                  max_pixels: int = DEFAULT_MAX_PIXELS, fetch_workers: int = 8,
-                 video: VideoLimits | None = None):
+                 video: VideoLimits | None = None, observers: Sequence[Observer] = ()):
         self.locator = locator
+        self.observers = tuple(observers)  # told about every predicted image (quality, drift)
         self.max_pixels = max_pixels
         self.video = video or VideoLimits(max_pixels=max_pixels, batch=max_batch)
         self.models: ModelCache[YoloModel] = models or ModelCache(
             partial(YoloModel, device=device, max_batch=max_batch), capacity=max_models)
         self.current = CurrentModels(store, self.models.get)
+        self.bands = ProjectBands(store.connection)  # per-project band mappings, cached
+        self.preloading: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(max_workers=fetch_workers,
                                         thread_name_prefix="image-fetch")
 
@@ -101,13 +111,20 @@ class Predictor:
 
         thread = threading.Thread(target=run, name="preload", daemon=True)
         thread.start()
+        self.preloading = thread
         return thread
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the hot-swap listener and wait for background loads (tests, clean exits)."""
+        self.current.stop(timeout)
+        if self.preloading is not None:
+            self.preloading.join(timeout)
 
     def choice(self, control: ControlSpec, project_id: int | None) -> ModelChoice:
         key = store_key(project_id, control)
         trained = self.current.get(key) if key else None
         if trained is not None:
-            return ModelChoice(str(trained.weights), trained.model_version)
+            return ModelChoice(str(trained.weights), trained.model_version, key=key)
         try:
             # a model_path comes from the label config: confined to MODEL_DIR (ModelRefRefused)
             untrusted = control.explicit_model
@@ -151,7 +168,7 @@ class Predictor:
             for control in controls:
                 check_compatible(control, models[weights])
         image_keys = sorted({c.image_key for c in plan.controls if c.video is None})
-        loaded = self._load_images(tasks, image_keys, source)
+        loaded = self._load_images(tasks, image_keys, source, project_id)
         regions: list[list[dict[str, Any]]] = [[] for _ in tasks]
         errors: list[str | None] = [next((loaded[(i, k)].error for k in image_keys
                                           if loaded[(i, k)].error), None)
@@ -179,7 +196,16 @@ class Predictor:
                 ok = [i for i in range(len(tasks)) if loaded[(i, key)].image is not None]
                 images = [loaded[(i, key)].image for i in ok]
                 threshold = min(c.threshold for c in controls)
-                preds = models[weights].predict(images, conf=threshold)  # type: ignore[arg-type]
+                if self.observers and project_id is not None:  # features: from the same pass
+                    preds, features = models[weights].predict_with_features(
+                        images, conf=threshold)  # type: ignore[arg-type]
+                    choice = choices[controls[0]]
+                    notify(self.observers, [
+                        _observation(project_id, choice, tasks[i], loaded[(i, key)], pred,
+                                     features[n] if features.shape[1] else None)
+                        for n, (i, pred) in enumerate(zip(ok, preds, strict=True))])
+                else:
+                    preds = models[weights].predict(images, conf=threshold)  # type: ignore[arg-type]
                 for i, pred in zip(ok, preds, strict=True):
                     for control in controls:
                         if control.image_key == key and control.video is None:
@@ -214,13 +240,19 @@ class Predictor:
             return long_video(request)
         return track_clip(clip, control, model, self.video), clip.frames
 
-    def _load_images(self, tasks: Sequence[Task], keys: list[str],
-                     source: ImageSource) -> dict[tuple[int, str], _Loaded]:
-        jobs = {(i, key): self._pool.submit(self._load_one, task, key, source)
+    def band_mapping(self, project_id: int | None) -> BandMapping | None:
+        """The LS project's band mapping (`labelpilot settings ls-N --bands`), cached."""
+        return self.bands.get(f"ls-{project_id}") if project_id is not None else None
+
+    def _load_images(self, tasks: Sequence[Task], keys: list[str], source: ImageSource,
+                     project_id: int | None = None) -> dict[tuple[int, str], _Loaded]:
+        bands = self.band_mapping(project_id)
+        jobs = {(i, key): self._pool.submit(self._load_one, task, key, source, bands)
                 for i, task in enumerate(tasks) for key in keys}
         return {k: f.result() for k, f in jobs.items()}
 
-    def _load_one(self, task: Task, key: str, source: ImageSource) -> _Loaded:
+    def _load_one(self, task: Task, key: str, source: ImageSource,
+                  bands: BandMapping | None = None) -> _Loaded:
         url = task.data.get(key)
         if url is None:
             IMAGE_FETCH_ERRORS.labels("missing").inc()
@@ -231,10 +263,21 @@ class Predictor:
             IMAGE_FETCH_ERRORS.labels("fetch").inc()
             return _Loaded(None, str(exc))
         try:
-            return _Loaded(decode_image(data, max_pixels=self.max_pixels), None)
+            decoded = decode_image_info(data, max_pixels=self.max_pixels, bands=bands)
+            return _Loaded(decoded.image, None, decoded.bands)
         except ImageError as exc:
             IMAGE_FETCH_ERRORS.labels("decode").inc()
             return _Loaded(None, f"{url}: {exc}")
+
+
+def _observation(project_id: int, choice: ModelChoice, task: Task, loaded: _Loaded,
+                 pred: Prediction, features: np.ndarray | None = None) -> Observation:
+    assert loaded.image is not None
+    confidences = tuple(i.score for i in pred.instances) or tuple(c.score for c in pred.classes[:1])
+    return Observation(project=f"ls-{project_id}", model_key=choice.key,
+                       model_version=choice.version, item="" if task.id is None else str(task.id),
+                       image=loaded.image, bands=loaded.bands, features=features,
+                       confidences=confidences)
 
 
 def check_compatible(control: ControlSpec, model: YoloModel) -> None:

@@ -38,11 +38,13 @@ from labelpilot.adapters.label_studio.connections import hold_token, release_tok
 from labelpilot.adapters.label_studio.image_source import ImageSource, ImageSourceError
 from labelpilot.adapters.label_studio.payloads import Task, WebhookEvent
 from labelpilot.adapters.label_studio.video import VideoLimits, VideoTaskError, fetch_clip
+from labelpilot.backends.bands import BandMapping
 from labelpilot.backends.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.backends.shapes import Instance
 from labelpilot.trainers import queue
+from labelpilot.trainers.band_settings import load_band_mapping
 from labelpilot.trainers.job import run_training_job
 from labelpilot.trainers.pipeline import Progress
 from labelpilot.trainers.samples import Sample, SampleSet, Skipped
@@ -151,8 +153,10 @@ def training_ended(connection: redis.Redis, project_id: int, token_seconds: int)
 def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: ControlSpec,
                     source: ImageSource, directory: Path,
                     max_pixels: int = DEFAULT_MAX_PIXELS, *, video: VideoLimits | None = None,
-                    sampling: VideoSampling | None = None) -> SampleSet:
+                    sampling: VideoSampling | None = None,
+                    bands: BandMapping | None = None) -> SampleSet:
     """The annotated tasks as samples; an annotated task whose image fails is `skipped`.
+    `bands`: the project's band mapping (the mapped 8-bit image is what trains).
     A VideoRectangle control's tasks give frames (`collect_video_samples`; `video`: the
     download and decoding limits, by default `VideoLimits(max_pixels=max_pixels)`)."""
     if control.kind == "video":
@@ -165,7 +169,7 @@ def collect_samples(tasks: list[dict[str, Any]], plan: ServingPlan, control: Con
         url = (task.get("data") or {}).get(control.image_key)
         try:
             data = source.fetch(str(url), task.get("id"))
-            image = decode_image(data, max_pixels=max_pixels)
+            image = decode_image(data, max_pixels=max_pixels, bands=bands)
         except (ImageSourceError, ImageError) as exc:
             labelled = task_labels(task, plan, control, 1, 1)[2]  # the size matters not here
             if labelled is not None:
@@ -231,8 +235,9 @@ class LabelStudioSource:
 
     def __init__(self, project_id: int, images: ImageSource,
                  max_pixels: int = DEFAULT_MAX_PIXELS, defaults: ControlDefaults | None = None,
-                 video: VideoLimits | None = None):
+                 video: VideoLimits | None = None, bands: BandMapping | None = None):
         self.project_id = project_id
+        self.bands = bands  # the project's band mapping (None: the default)
         self.images = images  # the project's LS: API calls (`.api`) and task images
         self.max_pixels = max_pixels
         self.defaults = defaults  # the models of controls without model_path
@@ -253,7 +258,7 @@ class LabelStudioSource:
         tasks = self.images.api.export_tasks(self.project_id)
         progress({"phase": "downloading", "tasks": len(tasks)})
         return collect_samples(tasks, plan, control, self.images, directory, self.max_pixels,
-                               video=self.video)
+                               video=self.video, bands=self.bands)
 
     def describe(self, samples: Sequence[Sample]) -> TrainSpec:
         plan, control = self._target
@@ -275,6 +280,7 @@ def train_project(project_id: int, images: ImageSource, connection: redis.Redis,
     """Pull the project's annotations from LS, train, evaluate, write and maybe promote.
     (`locator`, `device`: see `run_training_job`; larger images than `max_pixels` are
     skipped; `defaults`: see `parse_label_config`; `video`: limits for video tasks.)"""
-    source = LabelStudioSource(project_id, images, max_pixels, defaults, video)
+    source = LabelStudioSource(project_id, images, max_pixels, defaults, video,
+                               load_band_mapping(connection, queue_key(project_id)))
     return run_training_job(source, connection, store, trigger, locator=locator,
                             device=device)
