@@ -8,11 +8,13 @@ are logged, never returned to the caller.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import redis
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +37,25 @@ class Observer(Protocol):
     def observe(self, batch: Sequence[Observation]) -> None: ...
 
 
+PAUSE_AFTER_REDIS_ERROR_S = 10.0  # an observer whose Redis is down sits out this long
+_paused_until: dict[int, float] = {}  # id(observer) → monotonic time it may run again
+
+
 def notify(observers: Sequence[Observer], batch: Sequence[Observation]) -> None:
-    """Hand `batch` to every observer; one that fails is logged and the others still run."""
+    """Hand `batch` to every observer; one that fails is logged and the others still run.
+    An observer that hit a Redis error sits out `PAUSE_AFTER_REDIS_ERROR_S`, so a Redis
+    outage costs /predict one connection timeout per pause, not one per batch."""
     if not batch:
         return
     for observer in observers:
+        if _paused_until.get(id(observer), 0.0) > time.monotonic():
+            continue
         try:
             observer.observe(batch)
+        except redis.RedisError as exc:
+            _paused_until[id(observer)] = time.monotonic() + PAUSE_AFTER_REDIS_ERROR_S
+            log.warning("observer %s paused for %.0f s: Redis: %s", type(observer).__name__,
+                        PAUSE_AFTER_REDIS_ERROR_S, exc)
         except Exception:
             log.exception("observer %s failed on %d image(s)", type(observer).__name__,
                           len(batch))

@@ -68,3 +68,25 @@ def test_observers_see_each_predicted_image_and_a_broken_one_changes_nothing(
     assert sorted(round(c, 4) for c in first.confidences) == pytest.approx(
         [round(s, 4) for s in scores], abs=1e-3)
     assert "observer Broken failed on 2 image(s)" in caplog.text
+
+
+class RedisDown:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def observe(self, batch: Sequence[Observation]) -> None:
+        self.calls += 1
+        raise redis.ConnectionError("Connection refused")
+
+
+def test_an_observer_whose_redis_is_down_sits_out_a_while() -> None:
+    """A Redis outage costs one connection timeout per pause, not one per /predict batch."""
+    import numpy as np
+
+    from labelpilot.backends.observation import notify
+
+    down, recorder = RedisDown(), Recorder()
+    seen = Observation("ls-1", None, "m", "1", np.zeros((8, 8, 3), np.uint8), 3, None, ())
+    for _ in range(5):
+        notify([down, recorder], [seen])
+    assert down.calls == 1 and len(recorder.seen) == 5
