@@ -25,6 +25,7 @@ from flask import Blueprint, Request, Response, render_template, request
 from labelpilot.adapters.dashboard import data, plots
 from labelpilot.adapters.http_auth import ADMIN_TOKEN_HEADER, BasicAuth
 from labelpilot.adapters.http_errors import ApiError, error_response
+from labelpilot.backends.quality import FINDINGS
 
 ACTION_HEADER = "X-Labelpilot-Dashboard"
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="labelpilot dashboard", charset="UTF-8"'}
@@ -165,7 +166,7 @@ def dashboard_blueprint(
             jobs=detail["jobs"],
             poll_ms=poll_ms,
             project=project,
-            findings=plots.FINDINGS,
+            findings=FINDINGS,
             now=_now(),
             metric_names=plots.METRIC_NAMES,
         )

@@ -11,22 +11,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from labelpilot.backends.quality import FINDINGS
+
 _LOCK = threading.Lock()  # matplotlib's font and text caches are not thread-safe
 _COLORS = ("#2563eb", "#d97706", "#059669", "#7c3aed", "#dc2626", "#0891b2")
 _SERVING = "#16a34a"
 _SIZE = re.compile(r'\s(width|height)="[^"]*"')
 _METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
-FINDINGS = (
-    "corrupt",
-    "dark",
-    "overexposed",
-    "blurry",
-    "low_information",
-    "odd_size",
-    "odd_bands",
-    "duplicate",
-    "near_duplicate",
-)
 METRIC_NAMES = {
     "map50_95": "mAP50-95",
     "map50": "mAP50",
