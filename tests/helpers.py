@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 
 from labelpilot.synthetic import ShapeBox, make_image
+from labelpilot.trainers.samples import Sample
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,3 +124,13 @@ def huge_png(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
             + chunk(b"IEND", b""))
+
+
+def shapes_samples(directory: Path, count: int, seed: int = 77) -> list[Sample]:
+    """Generated shape images as training samples with their exact boxes (ids task-0...)."""
+    from labelpilot.backends.shapes import BBox, Instance
+
+    return [Sample(f"task-{i}", g.path, g.size, g.size,
+                   tuple(Instance(b.class_name, 1.0, box=BBox(b.x1, b.y1, b.x2, b.y2))
+                         for b in g.boxes), provenance={"task": str(i)})
+            for i, g in enumerate(generate_images(directory, count, seed=seed))]

@@ -9,29 +9,14 @@ from pathlib import Path
 import redis
 
 from labelpilot.backends.model_store import ModelStore
-from labelpilot.backends.shapes import BBox, Instance
 from labelpilot.synthetic import CLASSES
 from labelpilot.trainers.drift_monitor import record_status
 from labelpilot.trainers.drift_reference import REFERENCE_FILE
 from labelpilot.trainers.pipeline import TrainParams, TrainRequest, run_training
 from labelpilot.trainers.retraining import RetrainingRequests
-from labelpilot.trainers.samples import Sample
-from tests.helpers import generate_images, run_cli
+from tests.helpers import generate_images, run_cli, shapes_samples
 
 AUTH = {"Authorization": "Bearer admin-secret"}
-
-
-def shapes_samples(directory: Path, count: int) -> list[Sample]:
-    return [
-        Sample(
-            f"task-{i}",
-            g.path,
-            g.size,
-            g.size,
-            tuple(Instance(b.class_name, 1.0, box=BBox(b.x1, b.y1, b.x2, b.y2)) for b in g.boxes),
-        )
-        for i, g in enumerate(generate_images(directory, count, seed=77))
-    ]
 
 
 def test_drift_training_waits_for_an_admin_who_approves_it(

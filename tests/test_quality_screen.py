@@ -18,24 +18,11 @@ from labelpilot.trainers.dataset import sample_splits
 from labelpilot.trainers.pipeline import TrainParams, TrainRequest, run_training
 from labelpilot.trainers.quality_screen import screen_samples
 from labelpilot.trainers.samples import Sample
-from tests.helpers import generate_images
+from tests.helpers import shapes_samples
 
 
 def samples_for(tmp_path: Path, count: int = 24) -> list[Sample]:
-    from labelpilot.backends.shapes import BBox, Instance
-
-    images = generate_images(tmp_path / "images", count, seed=77)
-    return [
-        Sample(
-            f"task-{i}",
-            g.path,
-            g.size,
-            g.size,
-            tuple(Instance(b.class_name, 1.0, box=BBox(b.x1, b.y1, b.x2, b.y2)) for b in g.boxes),
-            provenance={"task": str(i)},
-        )
-        for i, g in enumerate(images)
-    ]
+    return shapes_samples(tmp_path / "images", count)
 
 
 def darken(path: Path) -> None:
