@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import redis
-from scipy.optimize import linear_sum_assignment
 
 from labelpilot.backends.shapes import BBox
 
@@ -154,6 +153,8 @@ def compare(
     scores = np.array([[similarity(p, s) for s in submitted] for p in predicted])
     eligible = np.where(scores >= iou - 1e-9, scores, 0.0)
     eligible[scores <= 0] = 0.0
+    from scipy.optimize import linear_sum_assignment  # 0.5 s to import: not at start-up
+
     rows, cols = linear_sum_assignment(eligible, maximize=True)
     kept = int(sum(1 for r, c in zip(rows, cols, strict=True) if eligible[r, c] > 0))
     return Comparison(len(predicted), kept, len(submitted) - kept, len(predicted) - kept)

@@ -19,6 +19,7 @@ from labelpilot.backends.model_store import UPDATES_CHANNEL, ModelStore, ModelVe
 
 log = logging.getLogger(__name__)
 _LISTENING: weakref.WeakSet[CurrentModels] = weakref.WeakSet()  # for `stop_all`
+RECONNECT_SECONDS = 0.5  # wait before subscribing again after the connection to Redis failed
 
 
 class CurrentModels:
@@ -83,12 +84,22 @@ class CurrentModels:
                 log.debug("model-updates listener: %s; retrying", exc)
             except Exception:
                 log.exception("model-updates listener failed; retrying")
-            self._stopped.wait(self._poll)
+            # Redis restarting (or failing over) is back within a second or two: reconnect
+            # soon, so a promotion made just after it is not left to the slow poll
+            self._stopped.wait(min(self._poll, RECONNECT_SECONDS))
+
+    def _catch_up(self) -> None:
+        """Switch to what was promoted while no message could arrive (disconnected)."""
+        with self._lock:
+            keys = list(self._current)
+        for key in keys:
+            self.refresh(key)
 
     def _listen(self) -> None:
         pubsub = self.store.connection.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(UPDATES_CHANNEL)
         try:
+            self._catch_up()  # subscribed: from here on no promotion is missed
             while not self._stopped.is_set():
                 message = pubsub.get_message(timeout=self._poll)
                 if message and message.get("type") == "message":
@@ -96,10 +107,7 @@ class CurrentModels:
                     if key:
                         self.refresh(key)
                 else:
-                    with self._lock:
-                        keys = list(self._current)
-                    for key in keys:  # fallback for messages missed while disconnected
-                        self.refresh(key)
+                    self._catch_up()  # fallback for messages missed all the same
         finally:
             pubsub.close()
 

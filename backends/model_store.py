@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 UPDATES_CHANNEL = "labelpilot:model-updates"
 _POINTER = "labelpilot:model:{}:current"
 _VERSION_RE = re.compile(r"^v(\d+)$")
+EXPORTS_DIR = "exports"
+HOLDOUT_FILE = "holdout.zip"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,40 @@ class ModelVersion:
 
     def info(self) -> dict[str, Any]:
         return dict(json.loads((self.path / "version.json").read_text()))
+
+    @property
+    def holdout(self) -> Path:
+        """The holdout the version was evaluated on (zip; absent for versions written before
+        training kept it): what an export's parity check runs on."""
+        return self.path / HOLDOUT_FILE
+
+    def exports(self) -> dict[str, ExportRecord]:
+        """The version's exports by format (``exports/<format>/export.json``)."""
+        root = self.path / EXPORTS_DIR
+        if not root.is_dir():
+            return {}
+        found = {}
+        for directory in sorted(root.iterdir()):
+            record = directory / "export.json"
+            if directory.name.startswith(".") or not record.is_file():
+                continue
+            info = dict(json.loads(record.read_text()))
+            found[directory.name] = ExportRecord(directory.name, directory, info)
+        return found
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One exported runtime of a version: the files under `path` and what export.json says
+    (the model file, class names, input size, parity figures)."""
+
+    format: str
+    path: Path  # <version>/exports/<format>
+    info: dict[str, Any]
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / str(self.info["file"])
 
 
 class ModelStore:
@@ -100,6 +136,34 @@ class ModelStore:
                         raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def write_export(self, version: ModelVersion, fmt: str, files: Path,
+                     info: Mapping[str, Any]) -> ExportRecord:
+        """Move the exported files in the directory `files` into ``exports/<fmt>`` of
+        `version` with an export.json of `info`, atomically: a staging directory renamed into
+        place (an earlier export of the format is replaced only once the new one is whole)."""
+        root = version.path / EXPORTS_DIR
+        root.mkdir(exist_ok=True)
+        staging = root / f".partial-{uuid.uuid4().hex}"
+        old = root / f".old-{uuid.uuid4().hex}"
+        target = root / fmt
+        try:
+            shutil.copytree(files, staging)
+            body = {**info, "format": fmt, "exported_at": time.time()}
+            (staging / "export.json").write_text(json.dumps(body, indent=2, default=str))
+            if target.exists():
+                target.rename(old)
+            try:
+                staging.rename(target)
+            except OSError:
+                if old.exists():  # put the earlier export back
+                    old.rename(target)
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("exported %s %s to %s", version.model_version, fmt, target)
+        return version.exports()[fmt]
 
     def current(self, key: str) -> ModelVersion | None:
         """The promoted version: Redis pointer, else the pointer file (Redis down, or a Redis

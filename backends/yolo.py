@@ -51,6 +51,20 @@ class YoloModel:
         log.info("loaded %s (task=%s, %d classes) on %s", weights, self.task,
                  len(self.class_names), self.device)
 
+    @property
+    def ultralytics(self) -> Any:
+        """The loaded ultralytics YOLO object (sahi wraps it: backends/slicing.py); call it
+        only while holding `lock`."""
+        return self._model
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @property
+    def max_batch(self) -> int:
+        return self._batch
+
     def predict(
         self, images: Sequence[np.ndarray], *, conf: float = 0.25, imgsz: int | None = None
     ) -> list[Prediction]:

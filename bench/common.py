@@ -102,8 +102,14 @@ def serve_directory(directory: Path) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+    class Server(ThreadingHTTPServer):
+        # the default listen backlog (5) overflows when labelpilot fetches a request's 8
+        # images at once: the dropped SYNs are retried after 1 s, a tail no real image
+        # server (Label Studio, nginx: backlog 128+) has
+        request_queue_size = 128
+
     handler = functools.partial(Quiet, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = Server(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.predict [--images 48] [--size 320] [--batch 8] [--workers 1]
                                       [--repeat 3] [--model PATH] [--json out.json]
+                                      [--runtimes torch,onnx,openvino]
 
 On the same generated PNG images it measures:
 
@@ -12,7 +13,11 @@ On the same generated PNG images it measures:
    raw and labelpilot passes alternate, so a load change on the machine hits both alike;
 3. startup: gunicorn launch to the first `/predict` answer vs a fresh python process that
    imports ultralytics, loads the model and predicts one image;
-4. peak RSS (VmHWM) of each gunicorn worker vs a raw subprocess that ran the same images.
+4. peak RSS (VmHWM) of each gunicorn worker vs a raw subprocess that ran the same images;
+5. the served runtimes (LABELPILOT_RUNTIME): the weights become a store version exported to
+   ONNX and OpenVINO (`models export`, parity on generated labelled images), and one gunicorn
+   per runtime serves that version, timed in the same interleaved rounds; per runtime the
+   throughput, p50/p95, detections, startup and the worker's VmHWM against raw PyTorch.
 
 With --watch it also measures what the watch path (quality checks, drift; LABELPILOT_WATCH)
 adds to /predict: a second gunicorn with LABELPILOT_WATCH=false, both asked with new task ids
@@ -31,8 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from typing import Any
 from bench.common import (
     OMP_THREADS,
     REPO,
+    Backend,
     Client,
     bench_parser,
     chunks,
@@ -61,9 +67,19 @@ THROUGHPUT_TARGET = 0.95
 STARTUP_TARGET = 1.2
 RSS_TARGET_MB = 900.0
 LABELPILOT = "labelpilot /predict"
+RUNTIMES = ("torch", "onnx", "openvino")  # LABELPILOT_RUNTIME of the served rows
+RUNTIME_TARGET = 1.5  # the best CPU runtime against raw ultralytics PyTorch
+EXPORTED_RSS_TARGET_MB = 500.0  # a worker serving an export (no torch)
 WATCH_ON = "labelpilot /predict, watch on (new ids)"
 WATCH_OFF = "labelpilot /predict, watch off (new ids)"
-SERVED = (LABELPILOT, WATCH_ON, WATCH_OFF)
+
+
+def runtime_row(runtime: str) -> str:
+    """The series name of the gunicorn serving on `runtime` (torch: the main row)."""
+    return LABELPILOT if runtime == "torch" else f"{LABELPILOT} ({runtime})"
+
+
+SERVED = (LABELPILOT, WATCH_ON, WATCH_OFF, *(runtime_row(r) for r in RUNTIMES))
 WATCH_TARGET = 0.03  # the watch path may add this share of the model's time per image
 
 Run = Callable[[list[Any]], int]  # one call (paths or task ids) -> detections found
@@ -256,6 +272,52 @@ def quality_observer_ms(paths: list[str], repeat: int = 3) -> float:
 
 
 
+def exported_version(tmp: Path, model_path: Path, size: int, runtimes: Sequence[str]) -> Path:
+    """The model as a store version under tmp/models with its exports (`models export`, parity
+    on generated labelled images): the weights path every served row uses, so all runtimes serve
+    the same weights (and `torch` the same bytes as the raw rows)."""
+    import redis
+
+    from labelpilot.backends.model_store import ModelStore
+    from labelpilot.synthetic import write_detection_dataset
+    from labelpilot.trainers.export import ExportRequest, export_version
+
+    connection = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    store = ModelStore(tmp / "models" / "store", connection)
+    version = store.write_version("bench-predict", model_path, {"task": "detect"})
+    data = write_detection_dataset(tmp / "holdout", 2, 24, size=size, seed=1)
+    for fmt in (r for r in runtimes if r != "torch"):
+        progress(f"exporting to {fmt} (parity on 24 generated images)...")
+        record = export_version(store, ExportRequest(version.key, version.version, fmt,
+                                                     data=data))
+        parity = record.info["parity"]
+        progress(f"  mAP50-95 {parity[fmt]['map50_95']:.4f} vs torch "
+                 f"{parity['torch']['map50_95']:.4f}")
+    return version.weights
+
+
+@contextmanager
+def runtime_backend(tmp: Path, weights: Path, workers: int, runtime: str) -> Iterator[Backend]:
+    """`gunicorn_backend` with LABELPILOT_RUNTIME=`runtime`, on the shared tmp/models."""
+    own = tmp / f"serve-{runtime}"
+    own.mkdir()
+    (own / "models").symlink_to(tmp / "models")
+    previous = os.environ.get("LABELPILOT_RUNTIME")
+    os.environ["LABELPILOT_RUNTIME"] = runtime
+    try:
+        backend_cm = gunicorn_backend(own, weights, workers)
+        backend = backend_cm.__enter__()
+    finally:
+        if previous is None:
+            del os.environ["LABELPILOT_RUNTIME"]
+        else:
+            os.environ["LABELPILOT_RUNTIME"] = previous
+    try:
+        yield backend
+    finally:
+        backend_cm.__exit__(None, None, None)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -277,6 +339,24 @@ class Results:
     startup: dict[str, float]
     workers_mb: dict[int, dict[str, float]]
     quality_ms: float | None = None  # the quality observer alone, in-process (--watch)
+    runtimes: dict[str, dict[str, float]] = field(default_factory=dict)  # startup, VmHWM
+
+    def runtime_rows(self, raw: Series) -> list[dict[str, Any]]:
+        """Per LABELPILOT_RUNTIME: throughput, p50/p95, detections, startup and the worker's
+        peak RSS, with ratios against raw ultralytics PyTorch."""
+        rows = []
+        for runtime, extra in self.runtimes.items():
+            found = [s for s in self.series if s.name == runtime_row(runtime)]
+            if not found:
+                continue
+            summary = found[0].summary()
+            rows.append({**summary, "runtime": runtime, **extra,
+                         "throughput_ratio": summary["images_per_s"] / raw.images_per_s,
+                         "p95_ratio": summary["p95_ms"] / percentile(raw.latency_ms, 95),
+                         "startup_ratio": extra["startup_s"] / self.child["startup_s"],
+                         "detections_vs_raw": summary["detections"] / max(
+                             raw.passes[-1].detections, 1) - 1})
+        return rows
 
     def report(self) -> dict[str, Any]:
         raw_modes = [s for s in self.series if s.name not in SERVED]
@@ -315,6 +395,7 @@ class Results:
                 "peak_rss_mb": rss,
                 "anon_rss_mb": anon,
             },
+            "runtimes": self.runtime_rows(raw),
             "ratios": {
                 "throughput": served.images_per_s / raw.images_per_s,
                 "startup": self.startup["startup_s"] / self.child["startup_s"],
@@ -385,7 +466,23 @@ def render(report: dict[str, Any]) -> str:
             f"{w['quality_observer_ms_per_image']:.2f} ms/img "
             f"({w['quality_share_of_model']:.1%} of the model's time)"
         )
-    return "\n".join([head, table(modes), "", table(rows), "", notes])
+    runtimes = [("served on", "img/s", "vs raw", "p50 ms/img", "p95 ms/img", "p95 vs raw",
+                 "detections", "startup s", "vs raw", "worker VmHWM MB")]
+    runtimes.append(("raw ultralytics PyTorch", f"{raw['images_per_s']:.1f}", "1.00x",
+                     f"{raw['p50_ms']:.1f}", f"{raw['p95_ms']:.1f}", "1.00x",
+                     str(raw["detections"]), f"{raw['startup_s']:.2f}", "1.00x",
+                     f"{raw['peak_rss_mb']:.0f}"))
+    for r in report.get("runtimes", []):
+        runtimes.append((f"labelpilot {r['runtime']}", f"{r['images_per_s']:.1f}",
+                         f"{r['throughput_ratio']:.2f}x", f"{r['p50_ms']:.1f}",
+                         f"{r['p95_ms']:.1f}", f"{r['p95_ratio']:.2f}x", str(r["detections"]),
+                         f"{r['startup_s']:.2f}", f"{r['startup_ratio']:.2f}x",
+                         f"{r['peak_rss_mb']:.0f}"))
+    targets = (f"targets: best CPU runtime >= {RUNTIME_TARGET}x raw throughput with detections "
+               f"within 1 %; torch >= {THROUGHPUT_TARGET}x and startup <= {STARTUP_TARGET}x; "
+               f"an exported runtime's worker VmHWM <= {EXPORTED_RSS_TARGET_MB:.0f} MB")
+    return "\n".join([head, table(modes), "", table(rows), "", notes, "", table(runtimes),
+                      targets])
 
 
 # --------------------------------------------------------------------------- main
@@ -401,6 +498,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the images (3)")
     parser.add_argument("--watch", action="store_true",
                         help="also time /predict with the watch path off vs on")
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES),
+                        help="LABELPILOT_RUNTIME values served, comma-separated "
+                        "(torch,onnx,openvino)")
     parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -428,14 +528,23 @@ def run_bench(args: argparse.Namespace, model_path: Path) -> Results:
         raw = RawModel(model_path)
         progress("raw ultralytics in a fresh subprocess (startup, peak RSS)...")
         child = bench_raw_process(image_dir, model_path, args.batch)
-        progress("starting gunicorn (startup to first /predict)...")
+        runtimes = [r for r in RUNTIMES if r in args.runtimes.split(",")]
+        weights = exported_version(tmp, model_path, args.size, runtimes)
         image_base = stack.enter_context(serve_directory(image_dir))
-        backend = stack.enter_context(gunicorn_backend(tmp, model_path, args.workers))
-        client = Client(backend, image_base)
-        stack.callback(client.session.close)
-        startup = client.startup()
-        client.setup()
-        client.warm_up(list(range(min(args.batch, args.images))), args.workers)
+        served: dict[str, tuple[Backend, Client]] = {}
+        startups: dict[str, dict[str, float]] = {}
+        for runtime in ("torch", *(r for r in runtimes if r != "torch")):
+            progress(f"starting gunicorn, LABELPILOT_RUNTIME={runtime} (startup to first "
+                     "/predict)...")
+            backend = stack.enter_context(runtime_backend(tmp, weights, args.workers, runtime))
+            client = Client(backend, image_base)
+            stack.callback(client.session.close)
+            startups[runtime] = client.startup()
+            client.setup()
+            client.warm_up(list(range(min(args.batch, args.images))), args.workers)
+            served[runtime] = (backend, client)
+        backend, client = served["torch"]
+        startup = startups["torch"]
         watching: dict[str, tuple[list[list[Any]], Run]] = {}
         if args.watch:
             progress("starting a second gunicorn with LABELPILOT_WATCH=false...")
@@ -460,14 +569,18 @@ def run_bench(args: argparse.Namespace, model_path: Path) -> Results:
         contenders: dict[str, tuple[list[list[Any]], Run]] = {
             f"batched (list of {args.batch} paths)": (chunks(paths, args.batch), raw.run),
             "loop (one path per call)": (chunks(paths, 1), raw.run),
-            LABELPILOT: (chunks(range(args.images), args.batch), client.run),
+            **{runtime_row(r): (chunks(range(args.images), args.batch), c.run)
+               for r, (_, c) in served.items() if r in runtimes},
             **watching,
         }
         series = interleaved(contenders, args.repeat)
         workers_mb = backend.worker_memory_mb()
+        runtime_mb = {r: max((w["peak_rss"] for w in b.worker_memory_mb().values()), default=0.0)
+                      for r, (b, _) in served.items()}
         quality_ms = quality_observer_ms(paths) if args.watch else None
     settings["load_after"] = os.getloadavg()[0]
-    return Results(settings, series, child, startup, workers_mb, quality_ms)
+    return Results(settings, series, child, startup, workers_mb, quality_ms,
+                   {r: {**startups[r], "peak_rss_mb": runtime_mb[r]} for r in served})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -448,6 +449,38 @@ def scan_command(
             raise typer.BadParameter(str(exc)) from exc
 
 
+@app.command("predict")
+def predict_command(
+    ctx: typer.Context,
+    ls_project: int = typer.Option(None, "--ls-project", help="Label Studio project id"),
+    cvat_task: int = typer.Option(None, "--cvat-task", help="CVAT task id (CVAT_URL + creds)"),
+    only_missing: bool = typer.Option(False, help="leave out tasks that hold any prediction "
+                                      "(without it: only those that hold this model version)"),
+    model_version: str = typer.Option(None, help="the model_version to predict with, as "
+                                      "/setup reports it (default: the one serving now)"),
+    shards: int = typer.Option(None, help="RQ jobs that share the run (default: the workers "
+                               "listening now)"),
+    chunk_size: int = typer.Option(128, help="tasks per chunk (one claim, one bulk write)"),
+    wait: bool = typer.Option(False, help="work on the run here until it ends"),
+) -> None:
+    """Predict every task of a project as an RQ run shared by the workers in chunks; the
+    predictions are written to Label Studio in bulk (or as CVAT shapes). Progress: `labelpilot
+    jobs`. A task never gets two predictions of one model version."""
+    from labelpilot.adapters.label_studio.client import LabelStudioApiError
+    from labelpilot.predict_command import (
+        PredictCommandError,
+        PredictOptions,
+        run_predict_command,
+    )
+
+    options = PredictOptions(only_missing=only_missing, model_version=model_version,
+                             shards=shards, chunk_size=chunk_size, wait=wait)
+    with _cvat_errors("predict", PredictCommandError, ValueError, LabelStudioApiError):
+        typer.echo(run_predict_command(_settings(ctx), ls_project=ls_project,
+                                       cvat_task=cvat_task, options=options,
+                                       echo=lambda line: typer.echo(line, err=True)))
+
+
 @app.command()
 def jobs(ctx: typer.Context,
          key: str = typer.Option("", help="only this model key, e.g. ls-3")) -> None:
@@ -455,7 +488,8 @@ def jobs(ctx: typer.Context,
     from labelpilot.redis_conn import connect
     from labelpilot.trainers.queue import jobs as list_jobs
 
-    for job in list_jobs(connect(_settings(ctx)), key or None):
+    connection = connect(_settings(ctx))
+    for job in list_jobs(connection, key or None):
         meta = job["meta"]
         where = (f"epoch {meta.get('epoch')}/{meta.get('epochs')}"
                  if meta.get("phase") == "training" else meta.get("phase"))
@@ -465,6 +499,10 @@ def jobs(ctx: typer.Context,
             where = f"tracking frame {meta.get('done')}/{meta.get('total')}"
         if meta.get("phase") == "scanning":
             where = f"scanned {meta.get('done')}/{meta.get('total') or '?'}"
+        if str(job["key"]).startswith("predict-") and "run" in meta:  # bulk prediction
+            from labelpilot.trainers.bulk_run import job_progress
+
+            where = job_progress(connection, meta)
         extra = f" -> {meta['version']}" if meta.get("version") else ""
         if meta.get("phase") == "done" and "scan_flagged" in meta:
             extra = f" -> {meta['scan_flagged']} with quality findings {meta.get('findings')}"
@@ -504,6 +542,10 @@ def settings(
                               "gray, or auto (bands 1-3)"),
     stretch: str = typer.Option(None, help="percentiles mapped to 0 and 255 for 16-bit / "
                                 "float bands, e.g. 2,98 (0,100: min-max)"),
+    slice_px: int = typer.Option(None, "--slice", help="huge images: slice size in px (128 to "
+                                 "4096; 0: off) for CVAT detections and training tiles"),
+    slice_overlap: float = typer.Option(None, help="share of a slice its neighbour also "
+                                        "sees (0 to 0.5, default 0.2)"),
 ) -> None:
     """Show or change a project's training settings."""
     from labelpilot.redis_conn import connect
@@ -515,6 +557,7 @@ def settings(
                              margin=margin, first_version_floor=first_version_floor,
                              train_every=train_every, pretrained=pretrained,
                              low_quality=low_quality, bands=bands, stretch=stretch,
+                             slice=slice_px, slice_overlap=slice_overlap,
                              **_quality_options(quality or []))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -572,6 +615,9 @@ def models_list(ctx: typer.Context) -> None:
                        f"(served then: {_num(cur):<6}) {(v['decision'] or {}).get('reason', '')}")
             if v["model_version"] in accepted:
                 typer.echo(f"    {_acceptance(accepted[v['model_version']])}")
+            exports = store.get(key, v["version"]).exports()
+            if exports:
+                typer.echo(f"    exports: {_exports_line(exports)}")
 
 
 def _acceptance(row: dict[str, Any]) -> str:
@@ -594,6 +640,43 @@ def models_rollback(ctx: typer.Context, key: str) -> None:
     """Go back to the version that served before the current one."""
     version = _store(ctx).rollback(key, by=f"cli:{_user()}")
     typer.echo(f"{key} -> {version.version}")
+
+
+@models_app.command("export")
+def models_export(
+    ctx: typer.Context, key: str, version: str,
+    format: str = typer.Option("onnx", "--format", help="onnx or openvino"),
+    data: str | None = typer.Option(None, help="data yaml to check parity on (versions trained "
+                              "before exports keep no holdout)"),
+    split: str = typer.Option("val", help="the split of --data"),
+    imgsz: int = typer.Option(None, help="input size of the export (default: the training "
+                              "size)"),
+) -> None:
+    """Export a version (ONNX / OpenVINO) after a parity check on its holdout (mAP within
+    0.005 of the PyTorch model); LABELPILOT_RUNTIME picks what serves."""
+    from labelpilot.trainers.export import ExportError, ExportRequest, export_version
+
+    settings = _settings(ctx)
+    request = ExportRequest(key, version, format, data=Path(data) if data else None,
+                            split=split, imgsz=imgsz,
+                            device=settings.device or "cpu")
+    try:
+        record = export_version(_store(ctx), request)
+    except ExportError as exc:
+        typer.echo(f"labelpilot: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{key} {version} -> {record.model_file}\n  {_exports_line({format: record})}")
+
+
+def _exports_line(exports: dict[str, Any]) -> str:
+    """`onnx (holdout mAP50-95 0.824 vs torch 0.824), ...` from a version's export records."""
+    parts = []
+    for fmt, record in sorted(exports.items()):
+        parity = record.info.get("parity") or {}
+        ours, torch_ = parity.get(fmt) or {}, parity.get("torch") or {}
+        parts.append(f"{fmt} (holdout {_metric_name(ours)} {_num(ours)} vs torch "
+                     f"{_num(torch_)})")
+    return ", ".join(parts)
 
 
 @models_app.command("requests")

@@ -9,6 +9,7 @@ never import this module: whoever enqueues is handed the job's name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -368,3 +369,114 @@ def queue_scan_label_studio(connection: redis.Redis, project_id: int,
 
     return request_scan(connection, SCAN_JOB, project_id,
                         trigger or {"event": "demo"}).job_id
+
+
+BULK_PREDICT_JOB = "labelpilot.jobs.bulk_predict_label_studio"
+CVAT_BULK_PREDICT_JOB = "labelpilot.jobs.bulk_predict_cvat"
+
+
+def bulk_progress(shard: str) -> Callable[[dict[str, Any]], None]:
+    """A shard's progress into its RQ job's meta (what `labelpilot jobs`, /jobs and the
+    dashboard show); outside RQ (`predict --wait`) nothing."""
+    from rq import get_current_job
+
+    job = get_current_job()
+
+    def update(progress: dict[str, Any]) -> None:
+        if job is not None:
+            job.meta.update({**progress, "shard": shard})
+            job.save_meta()
+
+    return update
+
+
+def shard_name() -> str:
+    """The RQ job's id, or one for a shard run by the CLI."""
+    import os
+    import uuid
+
+    from rq import get_current_job
+
+    job = get_current_job()
+    return job.id if job is not None else f"cli-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _load_in_background(load: Callable[[str], object], weights: list[str]) -> None:
+    """Load the run's models while the shard lists the tasks (the first chunk waits less)."""
+    import threading
+
+    def run() -> None:
+        for ref in weights:
+            try:
+                load(ref)
+            except Exception as exc:  # the first chunk loads it again and reports it
+                log.warning("could not preload %s: %s", ref, exc)
+
+    threading.Thread(target=run, name="bulk-preload", daemon=True).start()
+
+
+def bulk_predict_label_studio(run_id: str,
+                              progress: Callable[[dict[str, Any]], None] | None = None
+                              ) -> dict[str, Any]:
+    """One shard of a bulk prediction of an LS project (`labelpilot predict --ls-project`):
+    claims chunks of the run until none is left."""
+    from labelpilot.adapters.label_studio.bulk_predict import (
+        LabelStudioChunks,
+        list_tasks,
+        pinned_choices,
+        serving_plan,
+    )
+    from labelpilot.runtime import build_predictor, control_defaults, model_store
+    from labelpilot.trainers.bulk_run import BulkRun, run_shard
+
+    settings, connection, _, connections = label_studio_job()
+    run = BulkRun(connection, run_id)
+    config = run.config
+    project = int(config["project"])
+    shard = shard_name()
+    plan = serving_plan(config["label_config"], control_defaults(settings))
+    source = connections.image_source(project)
+    predictor = build_predictor(settings, model_store(settings, connection))
+    handler = LabelStudioChunks(predictor, plan, pinned_choices(plan, config["models"]),
+                                source, project, config["version"], connection)
+    _load_in_background(predictor.models.get, [m["weights"] for m in config["models"].values()])
+    page = max(100, 2 * int(run.info()["chunk_size"]))  # the first chunk waits for one page
+    try:
+        return run_shard(run, shard, lambda: list_tasks(source.api, project, config["version"],
+                                                        bool(config["only_missing"]), page),
+                         handler, progress=progress or bulk_progress(shard))
+    except Exception as exc:
+        run.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        predictor.close()
+
+
+def bulk_predict_cvat(run_id: str, progress: Callable[[dict[str, Any]], None] | None = None
+                      ) -> dict[str, Any]:
+    """One shard of a bulk prediction of a CVAT task (`labelpilot predict --cvat-task`)."""
+    from labelpilot.adapters.cvat.bulk_predict import CvatChunks, list_frames, task_labels
+    from labelpilot.adapters.cvat.client import cvat_client
+    from labelpilot.backends.yolo import YoloModel
+    from labelpilot.runtime import cvat_access, yolo_max_batch
+    from labelpilot.settings import load_settings
+    from labelpilot.trainers.bulk_run import BulkRun, run_shard
+
+    settings = load_settings()
+    connection = job_connection()
+    run = BulkRun(connection, run_id)
+    config = run.config
+    task_id = int(config["task"])
+    shard = shard_name()
+    client = cvat_client(cvat_access(settings))
+    model = YoloModel(config["weights"], device=settings.device,
+                      max_batch=yolo_max_batch(settings))  # loads it
+    handler = CvatChunks(client, task_id, model, task_labels(client, task_id),
+                         settings.score_threshold, connection, settings.max_image_pixels)
+    try:
+        return run_shard(run, shard, lambda: list_frames(client, task_id,
+                                                         bool(config["only_missing"])),
+                         handler, progress=progress or bulk_progress(shard))
+    except Exception as exc:
+        run.fail(f"{type(exc).__name__}: {exc}")
+        raise

@@ -7,6 +7,8 @@ CLI), so every process configures them the same way.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import redis
 
 from labelpilot.adapters.cvat.client import CvatAccess
@@ -15,11 +17,16 @@ from labelpilot.adapters.label_studio.connections import SourcePolicy
 from labelpilot.adapters.label_studio.interactive import InteractiveSam
 from labelpilot.adapters.label_studio.predictor import Predictor
 from labelpilot.adapters.label_studio.video import VideoLimits
+from labelpilot.backends.model_cache import ModelCache
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.backends.observation import Observer
 from labelpilot.backends.sam import RedisEmbeddingStore, SamModels, SamOptions
+from labelpilot.backends.served_model import ModelLoader
 from labelpilot.settings import Settings, secret
+
+if TYPE_CHECKING:
+    from labelpilot.backends.yolo import YoloModel
 
 
 def model_locator(settings: Settings) -> ModelLocator:
@@ -56,9 +63,19 @@ def build_interactive(settings: Settings, sam: SamModels) -> InteractiveSam:
                           max_pixels=settings.max_image_pixels)
 
 
+def model_loader(settings: Settings) -> ModelLoader:
+    """Weights → the model serving them: torch, or the version's export by
+    LABELPILOT_RUNTIME (`backends.served_model`)."""
+    return ModelLoader(settings.runtime, settings.device, yolo_max_batch(settings))
+
+
 def build_predictor(settings: Settings, store: ModelStore) -> Predictor:
     """Batch pre-annotation over the YOLO models of this process."""
-    return Predictor(store, model_locator(settings), max_models=settings.max_models,
+    # an exported model serves through the same interface (`ServedModel`) as a YoloModel
+    models = cast("ModelCache[YoloModel]", ModelCache(model_loader(settings),
+                                                      capacity=settings.max_models))
+    return Predictor(store, model_locator(settings), models=models,
+                     max_models=settings.max_models,
                      device=settings.device, max_batch=yolo_max_batch(settings),
                      max_pixels=settings.max_image_pixels, video=video_limits(settings),
                      observers=build_observers(settings, store.connection, store))

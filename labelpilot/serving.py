@@ -184,5 +184,24 @@ def run_worker(settings: Settings, queues: tuple[str, ...] = QUEUES,
             set_parent_death_signal(signal.SIGKILL, self.pid or os.getppid())  # the worker's
             super().main_work_horse(*args, **kwargs)  # type: ignore[arg-type]
 
+    threading.Thread(target=_reap_dead_trainings, args=(settings,), name="reaper",
+                     daemon=True).start()
     HorseDiesWithWorker(list(queues), name=name, connection=connect(settings),
                         worker_ttl=WORKER_TTL_S).work(with_scheduler=False)
+
+
+def _reap_dead_trainings(settings: Settings) -> None:
+    """Every worker fails and retries trainings whose process died (their heartbeats stopped),
+    wherever they ran: a job lost with its host runs again on a host that is alive."""
+    from labelpilot.redis_conn import connect
+    from labelpilot.trainers.queue import ALIVE_TTL_S, reap_all
+
+    connection = connect(settings)
+    while True:
+        time.sleep(ALIVE_TTL_S / 4)
+        try:
+            for job_id in reap_all(connection):
+                log.warning("training job %s lost its process: marked failed and queued "
+                            "again (unless a follow-up waits or its retries are used up)", job_id)
+        except Exception as exc:  # Redis down or restarting: try again on the next round
+            log.info("reaping dead trainings: %s", exc)

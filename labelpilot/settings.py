@@ -141,6 +141,11 @@ class Settings(BaseSettings):
         0.25, "LABELPILOT_SCORE_THRESHOLD", "models",
         "Default confidence threshold (a control's `model_score_threshold` overrides it).",
         ge=0, le=1)
+    runtime: Literal["auto", "torch", "onnx", "openvino"] = _field(
+        "auto", "LABELPILOT_RUNTIME", "models",
+        "What runs a served detect model: `torch`, or a version's export (`labelpilot models "
+        "export`) on `onnx` / `openvino` (torch weights when it has none). `auto`: on a CPU, "
+        "the version's exports are timed at load and the fastest serves; on a GPU, torch.")
 
     # SAM
     sam_model: str = _field(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from labelpilot.backends.geometry import rotated_corners
 from labelpilot.backends.shapes import BBox, Instance
+from labelpilot.backends.slicing import SLICED_TASKS, SliceSpec
 from labelpilot.backends.tasks import TASKS
 from labelpilot.trainers.samples import Sample
 
@@ -149,13 +150,25 @@ def _blocks(unit: dict[str, str]) -> dict[str, str]:
 
 
 def build_dataset(samples: Sequence[Sample], task: str, class_names: Sequence[str],
-                  root: Path, keypoint_count: int = 0) -> BuiltDataset:
-    """Write images and labels for `task`; `keypoint_count` (K of kpt_shape) is for pose."""
+                  root: Path, keypoint_count: int = 0,
+                  slicing: SliceSpec | None = None) -> BuiltDataset:
+    """Write images and labels for `task`; `keypoint_count` (K of kpt_shape) is for pose;
+    `slicing`: a model served sliced trains on tiles of images larger than a slice
+    (detect and segment; trainers/tiling.py)."""
     if task not in TASKS:
         raise DatasetError(f"cannot build a dataset for a {task} model ({', '.join(TASKS)})")
     if task == "pose" and keypoint_count < 1:
         raise DatasetError("a pose dataset needs the number of keypoints per object")
     shutil.rmtree(root, ignore_errors=True)
+    if slicing is not None and task in SLICED_TASKS:
+        from labelpilot.trainers.tiling import TilingError, tile_samples
+
+        tiles = root.with_name(f"{root.name}-tiles")
+        shutil.rmtree(tiles, ignore_errors=True)
+        try:
+            samples = tile_samples(samples, slicing, tiles)
+        except TilingError as exc:
+            raise DatasetError(str(exc)) from exc
     if TASKS[task].layout == "folders":
         return _build_classify(samples, class_names, root)
     label_line = _LABEL_LINES[task]

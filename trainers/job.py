@@ -46,7 +46,10 @@ def running_job(connection: redis.Redis, key: str) -> Iterator[Progress]:
     def progress(update: dict[str, Any]) -> None:
         if job is not None:
             job.meta.update(update)
-            job.save_meta()
+            try:
+                job.save_meta()
+            except redis.RedisError as exc:  # a Redis restart must not cost the training
+                log.warning("progress not recorded: %s", exc)
         if update.get("phase") == "training" and update.get("epoch"):
             log.info("%s: epoch %s/%s %s", key, update["epoch"], update["epochs"],
                      {k: v for k, v in (update.get("metrics") or {}).items()

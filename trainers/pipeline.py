@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from labelpilot.backends.bands import BandMapping
-from labelpilot.backends.model_store import ModelStore, ModelVersion
+from labelpilot.backends.model_store import HOLDOUT_FILE, ModelStore, ModelVersion
 from labelpilot.backends.tasks import task_spec
 from labelpilot.trainers.dataset import DatasetError, build_dataset
 from labelpilot.trainers.drift_reference import write_reference
+from labelpilot.trainers.holdout import pack_holdout
 from labelpilot.trainers.quality_screen import screen_samples
 from labelpilot.trainers.retraining import RetrainingRequests, vetting_request
 from labelpilot.trainers.samples import Sample, Skipped
+from labelpilot.trainers.tiling import training_slicing
 from labelpilot.trainers.yolo_train import evaluate_yolo, floor_metric, primary_metric, train_yolo
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class TrainParams:
     # source bands seen as R,G,B ("4,1,2"; "1": gray; "auto": 1-3) and percentile stretch
     bands: str = "auto"
     stretch: str = "2,98"
+    # huge images (backends/slicing.py): slice size in px (0: off) and overlap; CVAT
+    # detections run sliced and training uses tiles (LS: model_slice on the control)
+    slice: int = 0
+    slice_overlap: float = 0.2
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> TrainParams:
@@ -96,7 +102,10 @@ def run_training(request: TrainRequest, store: ModelStore,
         skipped += screened  # holdout repeats (leakage) and, if set, low-quality images
         try:
             dataset = build_dataset(samples, request.task, request.class_names,
-                                    work / "data", keypoint_count=request.keypoint_count)
+                                    work / "data", keypoint_count=request.keypoint_count,
+                                    slicing=training_slicing(request.params.slice,
+                                                             request.params.slice_overlap,
+                                                             request.trigger))
         except DatasetError as exc:
             if not skipped:
                 raise
@@ -155,6 +164,8 @@ def run_training(request: TrainRequest, store: ModelStore,
                                 task=request.task, imgsz=request.params.imgsz,
                                 device=request.device)
         timings["reference_s"] = time.time() - t0
+        # what an export's parity check runs on (`labelpilot models export`)
+        extra = {**extra, HOLDOUT_FILE: pack_holdout(dataset, work / HOLDOUT_FILE)}
         info = {
             "task": request.task, "class_names": list(dataset.class_names),
             "keypoint_count": request.keypoint_count,

@@ -4,10 +4,15 @@ At most one job per key waits in the queue: further requests join it. A request 
 while a job runs queues exactly one follow-up, deferred until the running one ends (also when
 it fails), so labels submitted during training are never left out and two trainings of the same
 model never run at once.
+
+A training whose process died (worker or host lost: its heartbeats stop) is failed and, unless a
+follow-up already waits to train the same labels, queued again as a new job (`MAX_RETRIES`
+times) for whichever worker is alive; every worker reaps dead trainings (`reap_all`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,9 +31,11 @@ _PENDING = "labelpilot:train:pending:{}"
 _RUNNING = "labelpilot:train:running:{}"
 _ALIVE = "labelpilot:train:alive:{}"
 _COALESCED = "labelpilot:train:coalesced"  # job id → requests that joined it
+_RUNNING_KEYS = "labelpilot:train:running-keys"  # keys with a running training (for reap_all)
 ALIVE_TTL_S = 20  # a training job refreshes this every few seconds while its process lives
 _WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 RETRY_FAILED_AFTER_S = 600  # a failed one-off job is queued again only after this long
+MAX_RETRIES = 2  # a training that died with its worker is queued again at most this often
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,10 @@ def request_training(connection: redis.Redis, key: str, func: str, kwargs: dict[
         joined = _join_waiting(connection, key)
         if joined is not None:
             return joined
-        reap_dead(connection, key)
+        _reap_dead(connection, key)
+        joined = _join_waiting(connection, key)  # the dead one's retry
+        if joined is not None:
+            return joined
         running = _job(connection, connection.get(_RUNNING.format(key)))
         depends = None
         if running is not None and running.get_status(refresh=True) == JobStatus.STARTED:
@@ -108,15 +118,22 @@ def heartbeat(connection: redis.Redis, key: str, job_id: str) -> None:
 def reap_dead(connection: redis.Redis, key: str) -> str | None:
     """Mark the key's running job failed if its heartbeat stopped (worker killed, host gone).
 
-    Its follow-up, deferred on it, is released. Returns the id of the job marked failed.
+    Its follow-up, deferred on it, is released; without one, the training is queued again as
+    a new job (see `MAX_RETRIES`). Returns the id of the job marked failed.
     """
-    from rq.registry import FailedJobRegistry
+    with _lock(connection, key):
+        return _reap_dead(connection, key)
+
+
+def _reap_dead(connection: redis.Redis, key: str) -> str | None:
+    from rq.registry import FailedJobRegistry, StartedJobRegistry
 
     running = _job(connection, connection.get(_RUNNING.format(key)))
     if running is None or running.get_status(refresh=True) != JobStatus.STARTED:
         return None
     if _text(connection.get(_ALIVE.format(key))) == running.id:
         return None
+    follow_up = waiting_job(connection, key)
     reason = (f"the training process stopped sending heartbeats for {ALIVE_TTL_S} s "
               "(worker killed or host lost); no version was written")
     running.meta.update({"phase": "failed", "error": reason})
@@ -124,9 +141,49 @@ def reap_dead(connection: redis.Redis, key: str) -> str | None:
     running.set_status(JobStatus.FAILED)
     queue = Queue(QUEUE_NAME, connection=connection)
     FailedJobRegistry(queue=queue).add(running, ttl=30 * 86400, exc_string=reason)
+    # RQ's own abandoned-job cleanup (minutes later) must not see it as started any more
+    StartedJobRegistry(queue=queue).remove_executions(running)
     connection.delete(_RUNNING.format(key))
     queue.enqueue_dependents(running)
+    if follow_up is None:
+        _retry(connection, key, running, queue)
     return running.id
+
+
+def _retry(connection: redis.Redis, key: str, dead: Job, queue: Queue) -> str | None:
+    """Queue the dead training again as a new job (the dead one stays failed, for the record)."""
+    attempt = int(dead.meta.get("attempt") or 1)
+    if attempt > MAX_RETRIES or not dead.func_name:
+        return None
+    job_id = f"train-{key}-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    trigger = {**(dead.meta.get("trigger") or {}), "retry_of": dead.id}
+    job = queue.enqueue(
+        dead.func_name, args=dead.args, kwargs=dead.kwargs, job_id=job_id,
+        job_timeout=dead.timeout or JOB_TIMEOUT, result_ttl=7 * 86400, failure_ttl=30 * 86400,
+        description=dead.description, meta={"key": key, "trigger": trigger, "phase": "queued",
+                                             "attempt": attempt + 1})
+    connection.set(_PENDING.format(key), job.id)
+    dead.meta["retried_as"] = job.id
+    dead.save_meta()
+    return job.id
+
+
+def reap_all(connection: redis.Redis) -> list[str]:
+    """`reap_dead` for every key with a running training; the ids of the jobs found dead.
+    Workers call it every few seconds, so a training lost with its host is retried without
+    anyone asking."""
+    dead = []
+    for member in connection.smembers(_RUNNING_KEYS):
+        key = str(_text(member))
+        if not connection.exists(_RUNNING.format(key)):
+            with _lock(connection, key):  # not while one starts (mark_started adds it)
+                if not connection.exists(_RUNNING.format(key)):
+                    connection.srem(_RUNNING_KEYS, key)
+            continue
+        found = reap_dead(connection, key)
+        if found:
+            dead.append(found)
+    return dead
 
 
 def mark_started(connection: redis.Redis, key: str, job_id: str) -> None:
@@ -135,6 +192,7 @@ def mark_started(connection: redis.Redis, key: str, job_id: str) -> None:
         if _text(connection.get(_PENDING.format(key))) == job_id:
             connection.delete(_PENDING.format(key))
         connection.set(_RUNNING.format(key), job_id)
+        connection.sadd(_RUNNING_KEYS, key)
         heartbeat(connection, key, job_id)
 
 
@@ -155,7 +213,8 @@ def jobs(connection: redis.Redis, key: str | None = None, limit: int = 20) -> li
     queue = Queue(QUEUE_NAME, connection=connection)
     ids: list[str] = list(queue.get_job_ids())
     if key:
-        reap_dead(connection, key)
+        with contextlib.suppress(redis.exceptions.LockError):  # another one is reaping it
+            reap_dead(connection, key)
         # the key's own pointers: visible even when a dead worker's registry entry is gone
         ids.extend(t for t in (_text(connection.get(_PENDING.format(key))),
                                _text(connection.get(_RUNNING.format(key)))) if t)

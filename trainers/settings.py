@@ -9,6 +9,7 @@ import redis
 
 from labelpilot.backends.bands import BandMapping
 from labelpilot.backends.redis_text import as_text
+from labelpilot.backends.slicing import SliceSpec
 from labelpilot.trainers.pipeline import TrainParams
 from labelpilot.trainers.quality_settings import thresholds_from
 
@@ -29,6 +30,8 @@ def save_params(connection: redis.Redis, project: str, **changes: Any) -> TrainP
     if not 0 <= params.first_version_floor <= 1:
         raise ValueError("first_version_floor must be between 0 and 1")
     thresholds_from(params)  # the quality thresholds must make sense (ValueError says why)
+    if params.slice:  # SliceSpecError (a ValueError) says what range to use
+        SliceSpec(params.slice, params.slice_overlap)
     mapping = BandMapping.parse(params.bands, params.stretch)  # ValueError says what is wrong
     params = replace(params, bands=mapping.band_text, stretch=mapping.stretch_text)
     connection.hset(_KEY.format(project), mapping={k: str(v) for k, v in asdict(params).items()})

@@ -34,6 +34,9 @@ class DetectorFunction:
     task: str
     labels: tuple[LabelSpec, ...]
     version: str
+    # `labelpilot settings KEY` that applies (slicing): the store key of a trained version
+    # (cvat-task-5), the configured model's name (yolo-detect)
+    settings_key: str = ""
 
     kind = "detector"
 
@@ -152,7 +155,7 @@ class Catalog:
                               info.get("keypoint_names") or source.get("keypoint_names"))
         function = DetectorFunction(config.function_name(current.key),
                                     f"labelpilot {current.key}", str(current.weights), task,
-                                    labels, current.model_version)
+                                    labels, current.model_version, current.key)
         if len(self._versions) >= 256:  # many versions promoted over time: start afresh
             self._versions.clear()
         self._versions[current.model_version] = function
@@ -169,7 +172,8 @@ class Catalog:
                 model.task, model.class_names, model.keypoint_count))
         task, labels = self._described[version]
         return DetectorFunction(config.function_name(configured.name),
-                                f"labelpilot {configured.name}", weights, task, labels, version)
+                                f"labelpilot {configured.name}", weights, task, labels, version,
+                                configured.name)
 
     def get(self, name: str) -> CvatFunction | None:
         return next((f for f in self.functions() if f.name == name), None)

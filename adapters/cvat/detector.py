@@ -17,6 +17,7 @@ import numpy as np
 from labelpilot.adapters.cvat.shapes import CvatAnnotation, cvat_shapes, nuclio_json
 from labelpilot.adapters.cvat.spec import LabelSpec
 from labelpilot.backends.shapes import Prediction
+from labelpilot.backends.slicing import SLICED_TASKS, SliceSpec, sliced_predict
 from labelpilot.backends.yolo import YoloModel
 
 DEFAULT_THRESHOLD = 0.25
@@ -50,14 +51,19 @@ class Detection:
 
 
 def detect(model: YoloModel, image: np.ndarray, threshold: float | None = None,
-           roi: Roi | None = None) -> Detection:
-    """Run `model` on `image` (BGR), or only on `roi` of it, keeping scores ≥ `threshold`."""
+           roi: Roi | None = None, slicing: SliceSpec | None = None) -> Detection:
+    """Run `model` on `image` (BGR), or only on `roi` of it, keeping scores ≥ `threshold`;
+    `slicing` (the key's `labelpilot settings --slice`): slice by slice, for huge images
+    (detect and segment models; others take the usual path)."""
     conf = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     offset = (0, 0)
     if roi is not None:
         image = np.ascontiguousarray(image[roi.y1:roi.y2, roi.x1:roi.x2])
         offset = (roi.x1, roi.y1)
-    (prediction,) = model.predict([image], conf=conf)
+    if slicing is not None and model.task in SLICED_TASKS:
+        prediction = sliced_predict(model, image, slicing, conf=conf)
+    else:
+        (prediction,) = model.predict([image], conf=conf)
     return Detection(prediction, offset, conf)
 
 

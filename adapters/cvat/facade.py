@@ -51,6 +51,7 @@ from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.sam import PromptError, SamModels
 from labelpilot.backends.yolo import YoloModel
 from labelpilot.trainers.queue_status import QueueMonitor
+from labelpilot.trainers.slice_settings import ProjectSlicing
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels,
     `auth`: the basic auth every call needs (when the facade shares the main port)."""
     bp = Blueprint("cvat", __name__)
     catalog = Catalog(models, current, settings, locator)
+    project_slicing = ProjectSlicing(connection)  # `labelpilot settings KEY --slice 640`
 
     if auth is not None:
         @bp.before_request
@@ -148,8 +150,9 @@ def cvat_blueprint(models: ModelCache[YoloModel], current: CurrentModels,
                 roi = Roi.clipped(req.roi, image.shape[1], image.shape[0])
             except ValueError as exc:
                 raise PayloadError(str(exc)) from exc
-        shapes = nuclio_shapes(detect(models.get(function.weights), image, req.threshold, roi),
-                               function.labels)
+        slicing = project_slicing.get(function.settings_key) if function.settings_key else None
+        shapes = nuclio_shapes(detect(models.get(function.weights), image, req.threshold, roi,
+                                      slicing), function.labels)
         if roi is None:  # a whole frame: kept for its acceptance rate when the job completes
             remember_detection(connection, image, function.version, shapes)
         return shapes

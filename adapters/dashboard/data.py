@@ -232,11 +232,15 @@ def job_row(job: dict[str, Any]) -> dict[str, Any]:
     if status == "finished":
         fraction = 1.0
     key = str(job.get("key"))
+    kind = ("quality scan" if key.startswith("scan-") else
+            "bulk prediction" if key.startswith("predict-") else "training")
     return {
         "id": job.get("id"),
         "key": key,
-        "project": project_of(key.removeprefix("scan-")),
-        "kind": "quality scan" if key.startswith("scan-") else "training",
+        "project": project_of(key.removeprefix("scan-").removeprefix("predict-")),
+        "kind": kind,
+        "rate": meta.get("rate"),  # bulk prediction: tasks/s and seconds left
+        "eta_s": meta.get("eta_s"),
         "status": status,
         "phase": meta.get("phase"),
         "done": done,
@@ -254,14 +258,16 @@ def _iso(value: Any) -> str | None:
 
 
 def jobs(sources: Sources, project: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-    """Training and scan jobs, newest first: running and queued ones before the ended.
-    A project's jobs are its trainings (queue key "ls-3") and its scans ("scan-ls-3")."""
+    """Training, scan and bulk prediction jobs, newest first: running and queued ones before
+    the ended. A project's jobs are its trainings (queue key "ls-3"), its scans ("scan-ls-3")
+    and its bulk predictions ("predict-ls-3")."""
     if project is None:
         found = queue.jobs(sources.connection, None, limit=limit)
     else:
         found = [
             *queue.jobs(sources.connection, project, limit=limit),
             *queue.jobs(sources.connection, scan_key(project), limit=limit),
+            *queue.jobs(sources.connection, f"predict-{project}", limit=limit),
         ]
     rows = list({r["id"]: r for r in map(job_row, found)}.values())
     rows.sort(key=lambda r: str(r["enqueued_at"] or ""), reverse=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+from labelpilot.backends.slicing import SliceSpec, SliceSpecError
 from labelpilot.backends.tasks import TaskSpec, task_spec
 from labelpilot.backends.tracking import TRACKERS
 from labelpilot.backends.video import VideoError, check_framerate
@@ -90,6 +91,7 @@ class ControlSpec:
     threshold: float
     point_threshold: float
     video: VideoSpec | None = None  # VideoRectangle controls: frame rate and tracker
+    slicing: SliceSpec | None = None  # model_slice="640": sliced inference (huge images)
 
     @property
     def result_type(self) -> str:
@@ -245,7 +247,28 @@ def _control_spec(control: object, defaults: ControlDefaults,
                           f"{tag} '{name}'"),
         point_threshold=_number(attrs, "model_point_threshold", 0.5, float, f"{tag} '{name}'"),
         video=video,
+        slicing=_slicing(attrs, kind, f"{tag} '{name}'"),
     )
+
+
+def _slicing(attrs: dict[str, str], kind: ControlKind, where: str) -> SliceSpec | None:
+    """model_slice="640" [model_slice_overlap="0.2"]: sliced inference; ConfigError (a 422)
+    naming the attribute when a value is bad or the control cannot be sliced."""
+    size, overlap = attrs.get("model_slice"), attrs.get("model_slice_overlap")
+    if size is None or not str(size).strip():
+        if overlap is not None and str(overlap).strip():
+            raise ConfigError(f"model_slice_overlap on {where} needs model_slice (the slice "
+                              "size in pixels, e.g. model_slice=\"640\")")
+        return None
+    if kind not in ("rectangle", "polygon", "brush"):
+        raise ConfigError(f"model_slice on {where}: sliced inference serves RectangleLabels, "
+                          "PolygonLabels and BrushLabels on an Image")
+    try:
+        return SliceSpec.parse(size, overlap)
+    except SliceSpecError as exc:
+        attribute = "model_slice_overlap" if "overlap" in str(exc) else "model_slice"
+        raise ConfigError(f"{attribute}=\"{str(attrs.get(attribute))[:40]}\" on {where}: "
+                          f"{exc}") from exc
 
 
 def _video_spec(video: Any, attrs: dict[str, str], where: str) -> VideoSpec:

@@ -39,6 +39,7 @@ from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore
 from labelpilot.backends.observation import Observation, Observer, notify
 from labelpilot.backends.shapes import Prediction
+from labelpilot.backends.slicing import SLICED_TASKS, sliced_predict
 from labelpilot.backends.tracking import TrackerError, TrackerSpec, make_tracker
 from labelpilot.backends.yolo import DEFAULT_MAX_BATCH, YoloModel
 from labelpilot.trainers.band_settings import ProjectBands
@@ -192,10 +193,13 @@ class Predictor:
                         else:
                             regions[i].extend(found[0])
                             inline_left -= found[1]
-            for key in sorted({c.image_key for c in controls if c.video is None}):
+            for control in (c for c in controls if c.slicing is not None):
+                self._predict_sliced(control, models[weights], tasks, loaded, regions)
+            unsliced = [c for c in controls if c.slicing is None]
+            for key in sorted({c.image_key for c in unsliced if c.video is None}):
                 ok = [i for i in range(len(tasks)) if loaded[(i, key)].image is not None]
                 images = [loaded[(i, key)].image for i in ok]
-                threshold = min(c.threshold for c in controls)
+                threshold = min(c.threshold for c in unsliced)
                 if self.observers and project_id is not None:  # features: from the same pass
                     preds, features = models[weights].predict_with_features(
                         images, conf=threshold)  # type: ignore[arg-type]
@@ -207,7 +211,7 @@ class Predictor:
                 else:
                     preds = models[weights].predict(images, conf=threshold)  # type: ignore[arg-type]
                 for i, pred in zip(ok, preds, strict=True):
-                    for control in controls:
+                    for control in unsliced:
                         if control.image_key == key and control.video is None:
                             regions[i].extend(control_results(control, pred))
         out: list[dict[str, Any]] = []
@@ -223,6 +227,19 @@ class Predictor:
                         "model_version": version})
         PREDICTIONS.labels(version).inc(sum(1 for o in out if "result" in o))
         return out
+
+    @staticmethod
+    def _predict_sliced(control: ControlSpec, model: YoloModel, tasks: Sequence[Task],
+                        loaded: dict[tuple[int, str], _Loaded],
+                        regions: list[list[dict[str, Any]]]) -> None:
+        """A control with model_slice: each image slice by slice (sahi), at the control's
+        threshold; the other controls keep the batched path."""
+        assert control.slicing is not None
+        for i in range(len(tasks)):
+            image = loaded[(i, control.image_key)].image
+            if image is not None:
+                pred = sliced_predict(model, image, control.slicing, conf=control.threshold)
+                regions[i].extend(control_results(control, pred))
 
     def _track(self, task: Task, control: ControlSpec, model: YoloModel, source: ImageSource,
                request: VideoJobRequest, long_video: LongVideoHook | None, inline_left: int
@@ -288,6 +305,10 @@ def check_compatible(control: ControlSpec, model: YoloModel) -> None:
         except TrackerError as exc:
             raise ModelTaskError(f"control '{control.name}': {exc}") from exc
     wanted = CONTROL_TASKS[control.kind].compatible
+    if control.slicing is not None and model.task not in SLICED_TASKS:
+        raise ModelTaskError(
+            f"control '{control.name}' has model_slice, which serves {'/'.join(SLICED_TASKS)} "
+            f"models, but '{control.model_ref}' is a {model.task} model")
     if model.task not in wanted:
         raise ModelTaskError(
             f"control '{control.name}' needs a {'/'.join(sorted(wanted))} model, but "

@@ -268,7 +268,15 @@ class LabelStudioSource:
                          class_names=training_classes(plan, control),
                          keypoint_count=keypoint_count(control), default_model=control.model_ref,
                          notes={"annotated_tasks": len({s.group or s.sample_id
-                                                        for s in samples})})
+                                                        for s in samples}),
+                                **_slicing_notes(control)})
+
+
+def _slicing_notes(control: ControlSpec) -> dict[str, Any]:
+    """A control served sliced (model_slice) trains on tiles: noted for the training job
+    (trainers/tiling.py `training_slicing`), and kept in the version's trigger."""
+    spec = control.slicing
+    return {} if spec is None else {"model_slice": spec.size, "model_slice_overlap": spec.overlap}
 
 
 def train_project(project_id: int, images: ImageSource, connection: redis.Redis,

@@ -10,27 +10,24 @@ import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from labelpilot.backends.device import select_device
 from labelpilot.backends.embedding_cache import EmbeddingCache
 from labelpilot.backends.interactive import Interactor, MaskResult, Prompt
 from labelpilot.backends.model_cache import ModelCache
 from labelpilot.backends.model_ref import ModelLocator
-from labelpilot.backends.sam.decoder import (
-    DecoderChoice,
-    OnnxDecoder,
-    PromptDecoder,
-    TorchDecoder,
-    choose_decoder,
-)
-from labelpilot.backends.sam.models import build_network
+from labelpilot.backends.sam.crop import CropPolicy, segment_cropped
 from labelpilot.backends.sam.refs import SamSpec, chosen_ref, parse_sam_ref
 from labelpilot.backends.sam.shared_store import RedisEmbeddingStore
 from labelpilot.backends.sam.transforms import Frame, encode_prompt, preprocess, upscale_mask
+
+if TYPE_CHECKING:  # torch loads with the first SAM model: a worker without SAM never imports it
+    import torch
+
+    from labelpilot.backends.sam.decoder import DecoderChoice, OnnxDecoder, TorchDecoder
 
 log = logging.getLogger(__name__)
 ENCODE_WAIT_SECONDS = 120.0  # how long a click waits for another worker's encode of its image
@@ -96,6 +93,8 @@ def _hash_pixels(image: np.ndarray) -> str:
 class SamInteractor:
     """One loaded SAM; thread-safe. Implements `labelpilot.backends.interactive.Interactor`."""
 
+    crop_policy: CropPolicy = CropPolicy()  # clicks on huge images: the window around them
+
     def __init__(self, spec: SamSpec, network: Any, device: str,
                  cache: EmbeddingCache[Embedding] | None = None,
                  decoder: DecoderChoice = "auto", store: RedisEmbeddingStore | None = None,
@@ -104,6 +103,8 @@ class SamInteractor:
         self._version = spec.version  # stats the checkpoint: once, not per click
         self.device = device
         self.encoder = network.image_encoder
+        from labelpilot.backends.sam.decoder import PromptDecoder, choose_decoder
+
         self.decoder: TorchDecoder | OnnxDecoder = choose_decoder(PromptDecoder(network), device,
                                                                   decoder)
         self.cache = cache if cache is not None else embedding_cache(SamOptions.cache_mb)
@@ -120,6 +121,8 @@ class SamInteractor:
              prewarm_queue: int = SamOptions.prewarm_queue) -> SamInteractor:
         device = select_device(device)
         started = time.perf_counter()
+        from labelpilot.backends.sam.models import build_network
+
         network = build_network(spec, device)
         if spec.checkpoint is None:
             log.warning("SAM %s has RANDOM weights (ref %s): for tests and benchmarks only",
@@ -135,6 +138,8 @@ class SamInteractor:
 
     def encode(self, image: np.ndarray) -> Embedding:
         """Run the image encoder (no cache): the expensive step."""
+        import torch
+
         batch, frame = preprocess(image)
         with torch.inference_mode():
             tensor = self.encoder(torch.from_numpy(batch).to(self.device))
@@ -176,7 +181,10 @@ class SamInteractor:
         return (image_digest(image), self.model_version) in self.cache
 
     def prewarm(self, image: np.ndarray) -> Future[None] | None:
-        """Compute the embedding in the background; None when the prewarm queue is full."""
+        """Compute the embedding in the background; None when the prewarm queue is full, or
+        when clicks on this image are answered on windows (huge: no window is known yet)."""
+        if max(image.shape[:2]) > self.crop_policy.above:
+            return None
         with self._prewarm_lock:
             if self._prewarm_pending >= self.prewarm_queue:
                 return None
@@ -201,7 +209,12 @@ class SamInteractor:
         return MaskResult(mask, float(np.clip(scores[0, best], 0.0, 1.0)))
 
     def segment_with_info(self, image: np.ndarray, prompt: Prompt) -> tuple[MaskResult, str]:
-        """`segment`, plus where the embedding came from (see `embedding`)."""
+        """`segment`, plus where the embedding came from (see `embedding`). On a huge image
+        (`crop_policy`), the window around the prompt is encoded instead (backends/sam/crop.py)."""
+        cropped = segment_cropped(self._segment_whole, image, prompt, self.crop_policy)
+        return cropped if cropped is not None else self._segment_whole(image, prompt)
+
+    def _segment_whole(self, image: np.ndarray, prompt: Prompt) -> tuple[MaskResult, str]:
         embedding, source = self.embedding(image)
         return self.decode(embedding, prompt), source
 

@@ -14,12 +14,15 @@ import json
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import redis
-import torch
 
 from labelpilot.backends.sam.transforms import Frame
+
+if TYPE_CHECKING:  # imported where an embedding is made: a worker without SAM never needs it
+    import torch
 
 log = logging.getLogger(__name__)
 _PREFIX = "labelpilot:sam:emb:"
@@ -54,6 +57,8 @@ class RedisEmbeddingStore:
         header_len = int.from_bytes(raw[:4], "little")
         header = json.loads(raw[4:4 + header_len])
         array = np.frombuffer(raw[4 + header_len:], dtype=np.float32).reshape(header["shape"])
+        import torch
+
         return torch.from_numpy(array.copy()), Frame(*header["frame"])
 
     def put(self, key: tuple[str, str], tensor: torch.Tensor, frame: Frame) -> None:

@@ -40,6 +40,8 @@
     if (job.phase) parts.push(job.phase);
     if (job.total) parts.push(`${job.done} of ${job.total}${job.phase === "training" ? " epochs" : ""}`);
     if (job.progress != null) parts.push(`${Math.round(share * 100)}%`);
+    if (job.rate) parts.push(`${job.rate} tasks/s`);
+    if (job.rate && job.eta_s != null && job.status === "started") parts.push(`ETA ${Math.round(job.eta_s)} s`);
     text.textContent = parts.join(" · ") || "—";
     box.append(bar, text);
     return box;
