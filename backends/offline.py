@@ -50,3 +50,14 @@ def import_ultralytics() -> Any:
     if SETTINGS.get("sync"):
         SETTINGS.update({"sync": False})
     return ultralytics
+
+
+def preload_ultralytics() -> None:
+    """Import what a training or a prediction needs (ultralytics' models and trainers, torch,
+    torchvision) now: an RQ worker does it once, and the work horses it forks for every job
+    share it instead of paying 2-3 s each."""
+    import_ultralytics()
+    import torchvision  # noqa: F401  ultralytics imports it on the first prediction
+    import ultralytics.engine.predictor
+    import ultralytics.engine.trainer
+    import ultralytics.nn.tasks  # noqa: F401
