@@ -151,6 +151,12 @@ class ExportedYolo:
         tensor = np.ascontiguousarray(batch, dtype=np.float32) / np.float32(255.0)
         with self._lock:
             raw = self._infer(tensor)
+        if raw.ndim != 3 or raw.shape[1] != 4 + len(self.class_names):
+            # e.g. an NMS-free (end-to-end) export: (images, boxes, 6) rows, not the raw head
+            raise ModelLoadError(
+                f"the {self.runtime} export {self.spec.path} answers {tuple(raw.shape)}, not "
+                f"(images, 4 + {len(self.class_names)} classes, anchors) as a YOLO detect head "
+                "does: serve this model with LABELPILOT_RUNTIME=torch")
         shape = tensor.shape[2:]
         return [scale_boxes(nms(raw[i], conf), shape, image.shape[:2])
                 for i, image in enumerate(images)]

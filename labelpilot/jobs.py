@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from labelpilot.adapters.label_studio.propagation import PropagationRequest
     from labelpilot.adapters.label_studio.video import LongVideoHook, VideoJobRequest
     from labelpilot.settings import Settings
+    from labelpilot.trainers.bulk_run import BulkRun
 
 log = logging.getLogger(__name__)
 LABEL_STUDIO_JOB = "labelpilot.jobs.train_label_studio"
@@ -415,6 +416,37 @@ def _load_in_background(load: Callable[[str], object], weights: list[str]) -> No
     threading.Thread(target=run, name="bulk-preload", daemon=True).start()
 
 
+PERMANENT_STATUSES = (401, 403, 404)  # the token died, the project or task is gone
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Whether a shard's error ends the run for every shard (retrying cannot help): the
+    platform refused the token or lost the project/task, or the run's setup is bad."""
+    from cvat_sdk.api_client.exceptions import ApiException
+
+    from labelpilot.adapters.cvat.bulk_predict import CvatBulkError
+    from labelpilot.adapters.label_studio.bulk_predict import BulkPredictError
+    from labelpilot.adapters.label_studio.client import LabelStudioApiError
+    from labelpilot.adapters.label_studio.config import ConfigError
+
+    if isinstance(exc, BulkPredictError | CvatBulkError | ConfigError):
+        return True
+    return isinstance(exc, LabelStudioApiError | ApiException) and getattr(
+        exc, "status", None) in PERMANENT_STATUSES
+
+
+def _shard_failed(run: BulkRun, shard: str, exc: BaseException) -> None:
+    """A permanent error fails the run; any other one only stops this shard: its heartbeat
+    goes at once, so the others take its chunks over, and RQ's retry (same job id, same shard
+    name) rejoins the run while it is active."""
+    if _permanent(exc):
+        run.fail(f"{type(exc).__name__}: {exc}")
+    else:
+        run.stop_beating(shard)
+        log.warning("bulk run %s: shard %s stopped (%s: %s); the others take its chunks over",
+                    run.id, shard, type(exc).__name__, exc)
+
+
 def bulk_predict_label_studio(run_id: str,
                               progress: Callable[[dict[str, Any]], None] | None = None
                               ) -> dict[str, Any]:
@@ -434,22 +466,25 @@ def bulk_predict_label_studio(run_id: str,
     config = run.config
     project = int(config["project"])
     shard = shard_name()
-    plan = serving_plan(config["label_config"], control_defaults(settings))
-    source = connections.image_source(project)
-    predictor = build_predictor(settings, model_store(settings, connection))
-    handler = LabelStudioChunks(predictor, plan, pinned_choices(plan, config["models"]),
-                                source, project, config["version"], connection)
-    _load_in_background(predictor.models.get, [m["weights"] for m in config["models"].values()])
-    page = max(100, 2 * int(run.info()["chunk_size"]))  # the first chunk waits for one page
+    predictor = None
     try:
+        plan = serving_plan(config["label_config"], control_defaults(settings))
+        source = connections.image_source(project)
+        predictor = build_predictor(settings, model_store(settings, connection))
+        handler = LabelStudioChunks(predictor, plan, pinned_choices(plan, config["models"]),
+                                    source, project, config["version"], connection)
+        _load_in_background(predictor.models.get,
+                            [m["weights"] for m in config["models"].values()])
+        page = max(100, 2 * int(run.info()["chunk_size"]))  # the first chunk waits for a page
         return run_shard(run, shard, lambda: list_tasks(source.api, project, config["version"],
                                                         bool(config["only_missing"]), page),
                          handler, progress=progress or bulk_progress(shard))
     except Exception as exc:
-        run.fail(f"{type(exc).__name__}: {exc}")
+        _shard_failed(run, shard, exc)
         raise
     finally:
-        predictor.close()
+        if predictor is not None:
+            predictor.close()
 
 
 def bulk_predict_cvat(run_id: str, progress: Callable[[dict[str, Any]], None] | None = None
@@ -457,10 +492,12 @@ def bulk_predict_cvat(run_id: str, progress: Callable[[dict[str, Any]], None] | 
     """One shard of a bulk prediction of a CVAT task (`labelpilot predict --cvat-task`)."""
     from labelpilot.adapters.cvat.bulk_predict import CvatChunks, list_frames, task_labels
     from labelpilot.adapters.cvat.client import cvat_client
+    from labelpilot.adapters.cvat.training import store_key
     from labelpilot.backends.yolo import YoloModel
     from labelpilot.runtime import cvat_access, yolo_max_batch
     from labelpilot.settings import load_settings
     from labelpilot.trainers.bulk_run import BulkRun, run_shard
+    from labelpilot.trainers.slice_settings import ProjectSlicing
 
     settings = load_settings()
     connection = job_connection()
@@ -468,15 +505,18 @@ def bulk_predict_cvat(run_id: str, progress: Callable[[dict[str, Any]], None] | 
     config = run.config
     task_id = int(config["task"])
     shard = shard_name()
-    client = cvat_client(cvat_access(settings))
-    model = YoloModel(config["weights"], device=settings.device,
-                      max_batch=yolo_max_batch(settings))  # loads it
-    handler = CvatChunks(client, task_id, model, task_labels(client, task_id),
-                         settings.score_threshold, connection, settings.max_image_pixels)
     try:
+        client = cvat_client(cvat_access(settings))
+        model = YoloModel(config["weights"], device=settings.device,
+                          max_batch=yolo_max_batch(settings))  # loads it
+        slicing = ProjectSlicing(connection).get(  # a bad stored value: not sliced, logged
+            str(config.get("settings_key") or store_key("task", task_id)))
+        handler = CvatChunks(client, task_id, model, task_labels(client, task_id),
+                             settings.score_threshold, connection, settings.max_image_pixels,
+                             slicing)
         return run_shard(run, shard, lambda: list_frames(client, task_id,
                                                          bool(config["only_missing"])),
                          handler, progress=progress or bulk_progress(shard))
     except Exception as exc:
-        run.fail(f"{type(exc).__name__}: {exc}")
+        _shard_failed(run, shard, exc)
         raise

@@ -155,9 +155,9 @@ def _cvat_target(settings: Settings, connection: redis.Redis, task_id: int,
     from labelpilot.runtime import cvat_access, model_locator, model_store
 
     client = cvat_client(cvat_access(settings))
-    weights, version = resolve_model(client, task_id, model_store(settings, connection),
-                                     model_locator(settings),
-                                     _defaults(settings).model("detect"), options.model_version)
+    weights, version, settings_key = resolve_model(
+        client, task_id, model_store(settings, connection), model_locator(settings),
+        _defaults(settings).model("detect"), options.model_version)
     if not task_labels(client, task_id):
         raise CvatBulkError(f"CVAT task {task_id} has no labels to write shapes with")
     _, response = client.api_client.tasks_api.retrieve_data_meta(task_id,
@@ -165,7 +165,7 @@ def _cvat_target(settings: Settings, connection: redis.Redis, task_id: int,
     meta = json_body(response)
     size = int(meta.get("size") or 0) - len(set(meta.get("deleted_frames") or []))
     config = {"task": task_id, "weights": weights, "version": version,
-              "only_missing": options.only_missing}
+              "only_missing": options.only_missing, "settings_key": settings_key}
     return _Target(run_key(task_id), config, size, CVAT_BULK_PREDICT_JOB,
                    f"predict CVAT task {task_id} with {version}")
 
@@ -194,6 +194,8 @@ def run_predict_command(settings: Settings, *, ls_project: int | None, cvat_task
         raise PredictCommandError("give one of --ls-project or --cvat-task")
     if not 1 <= options.chunk_size <= 500:
         raise PredictCommandError(f"--chunk-size must be 1..500, not {options.chunk_size}")
+    if options.shards is not None and not 1 <= options.shards <= MAX_SHARDS:
+        raise PredictCommandError(f"--shards must be 1..{MAX_SHARDS}, not {options.shards}")
     connection = connect(settings)
     try:
         if cvat_task is not None:

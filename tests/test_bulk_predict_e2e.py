@@ -97,7 +97,8 @@ def test_two_workers_predict_a_project_and_survive_a_killed_one(
         assert any(j["meta"].get("total") == total and j["meta"].get("rate")
                    for j in endpoint["jobs"]), endpoint
         rows = [r for r in dashboard["jobs"] if r["kind"] == "bulk prediction"]
-        assert rows and all(r["total"] == total for r in rows), dashboard
+        assert rows and all(r["total"] == total for r in rows), [
+            (r["id"][-3:], r["phase"], r["status"], r["done"], r["total"]) for r in rows]
         assert any(r["rate"] and 0 < (r["done"] or 0) < total for r in rows), rows
 
         started = time.monotonic()

@@ -125,3 +125,30 @@ def test_a_job_whose_heartbeat_stopped_is_failed_and_its_follow_up_released(conn
     assert "heartbeats" in listed[job.id]["meta"]["error"]
     assert Job.fetch(follow_up.job_id, connection=conn).get_status() == JobStatus.QUEUED
     Job.fetch(follow_up.job_id, connection=conn).cancel()
+
+
+def test_a_stalled_training_that_was_retried_elsewhere_writes_nothing(conn):
+    """A worker that stalls past the heartbeat limit (not killed) is reaped and retried; when
+    it wakes up its heartbeat must not revive it and it must not write a second version."""
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    (first,) = request(conn, key)
+    stalled = Job.fetch(first.job_id, connection=conn)
+    Queue(queue.QUEUE_NAME, connection=conn).remove(stalled)
+    stalled.set_status(JobStatus.STARTED)
+    queue.mark_started(conn, key, stalled.id)
+    queue.require_running(conn, key, stalled.id)  # still the running one: may write
+    conn.delete(f"labelpilot:train:alive:{key}")  # its heartbeats stopped for ALIVE_TTL_S
+    assert queue.reap_dead(conn, key) == stalled.id
+    retry = Job.fetch(Job.fetch(stalled.id, connection=conn).meta["retried_as"],
+                      connection=conn)
+    Queue(queue.QUEUE_NAME, connection=conn).remove(retry)
+    retry.set_status(JobStatus.STARTED)
+    queue.mark_started(conn, key, retry.id)
+    assert queue.heartbeat(conn, key, stalled.id) is False  # wakes up: taken over
+    assert conn.get(f"labelpilot:train:alive:{key}") == retry.id.encode()
+    with pytest.raises(queue.TrainingTakenOver, match="writes no version"):
+        queue.require_running(conn, key, stalled.id)
+    assert queue.heartbeat(conn, key, retry.id) is True
+    queue.require_running(conn, key, retry.id)
+    assert queue.reap_dead(conn, key) is None  # the retry is alive
+    queue.mark_finished(conn, key, retry.id)

@@ -5,9 +5,14 @@ A run is planned in chunks (lists of items) pushed to a to-do list as the items 
 every shard (an RQ job, or `--wait` in the CLI) claims one chunk at a time, predicts it, writes
 the predictions and counts it done in one step that only the chunk's current owner can take.
 A shard's heartbeat lapses when its worker is killed: another shard puts the chunk back and
-does it again. Writing is made idempotent by the platform (`ChunkHandler.handle` skips items
-that already hold the run's model version, under the run's write lock), so a chunk done twice
-is written once.
+does it again. Writing is made idempotent by the platform (`ChunkHandler.write` asks, under
+the run's write lock and right before every write, which items hold the run's model version
+already, and leaves them out), so a chunk done twice, or an item predicted meanwhile by
+someone else (a user opening the task), is written once.
+
+Planning is one planner at a time (a lock taken over only from a planner whose heartbeat
+lapsed, by compare-and-set), and an item goes into a chunk only when its id is added to the
+run's listed set in the same atomic step, so no item is listed into two chunks.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 import redis
@@ -49,6 +53,45 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
+_TAKE_PLANNER = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+  return 1
+end
+return 0
+"""
+_KEEP_PLANNER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+_END_PLANNING = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'state', 'predicting')
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+redis.call('DEL', KEYS[1])
+return 1
+"""
+_PUSH = """
+local kept = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then table.insert(kept, ARGV[i + 1]) end
+end
+if #kept == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], '[' .. table.concat(kept, ',') .. ']')
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[4], 'chunks', 1)
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+return #kept
+"""
+_LEAVE_OUT = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], 'left_out', 1)
+redis.call('HINCRBY', KEYS[2], 'done', 1)
+return 1
+"""
 _COMPLETE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -73,9 +116,9 @@ class ChunkHandler(Protocol):
 
     def predict(self, items: Sequence[dict[str, Any]]) -> Any: ...
 
-    def write(self, predicted: Any, recheck: Callable[[], bool]) -> ChunkOutcome:
-        """Write under the platform's write lock; inside it, when `recheck()` is true, leave
-        out the items that hold the version already."""
+    def write(self, predicted: Any) -> ChunkOutcome:
+        """Write under the platform's write lock; inside it, right before writing, leave out
+        the items that hold the version already (one request per chunk)."""
         ...
 
 
@@ -104,6 +147,11 @@ class BulkRun:
         self._claim = connection.register_script(_CLAIM)
         self._release = connection.register_script(_RELEASE)
         self._complete = connection.register_script(_COMPLETE)
+        self._take_planner = connection.register_script(_TAKE_PLANNER)
+        self._keep_planner = connection.register_script(_KEEP_PLANNER)
+        self._end_planning = connection.register_script(_END_PLANNING)
+        self._push_items = connection.register_script(_PUSH)
+        self._leave_out = connection.register_script(_LEAVE_OUT)
 
     # -- creation and description -------------------------------------------------------
 
@@ -172,27 +220,37 @@ class BulkRun:
         """List the items into chunks, one chunk per step, so that the planning shard can
         predict between steps. One planner at a time (None: another one plans now); a planner
         whose heartbeat lapsed is taken over, and items it listed are not listed twice."""
-        lock = f"{self.info_key}:planner"
+        lock = self.planner_key
         if not self.connection.set(lock, shard, nx=True, ex=ALIVE_TTL_S):
             holder = _text(self.connection.get(lock))
             if holder and holder != shard and self.alive(holder):
                 return None
-            self.connection.set(lock, shard, ex=ALIVE_TTL_S)
+            # SET only if the lock still holds the holder seen dead (or this shard, retried):
+            # two shards that saw it dead at once cannot both take it
+            if not self._take_planner(keys=[lock], args=[holder or "", shard, ALIVE_TTL_S]):
+                return None
         return self._planning(planner, shard, lock)
+
+    @property
+    def planner_key(self) -> str:
+        return f"{self.info_key}:planner"
+
+    def keep_planner(self, shard: str) -> bool:
+        """Refresh the planner lock while `shard` holds it; False once another took it."""
+        return bool(self._keep_planner(keys=[self.planner_key], args=[shard, ALIVE_TTL_S]))
 
     def _planning(self, planner: Planner, shard: str, lock: str) -> Iterator[None]:
         size = int(self.info()["chunk_size"])
         pending: list[dict[str, Any]] = []
         for item, left_out in planner():
-            self.connection.set(lock, shard, ex=ALIVE_TTL_S)
+            if not self.keep_planner(shard):
+                log.warning("bulk run %s: shard %s lost the planner lock, stops listing",
+                            self.id, shard)
+                return
             if self.connection.sismember(self.planned_key, str(item["id"])):
-                continue  # pushed by an earlier planner of this run
+                continue  # listed by an earlier planner (only saves work: `_push` decides)
             if left_out is not None:
-                pipe = self.connection.pipeline()
-                pipe.sadd(self.planned_key, str(item["id"]))
-                pipe.hincrby(self.info_key, "left_out", 1)
-                pipe.hincrby(self.info_key, "done", 1)
-                pipe.execute()
+                self._leave_out(keys=[self.planned_key, self.info_key], args=[str(item["id"])])
                 continue
             pending.append(item)
             if len(pending) >= size:
@@ -201,25 +259,27 @@ class BulkRun:
                 yield
         if pending:
             self._push(pending)
-        self.connection.hset(self.info_key, "state", "predicting")
-        self.connection.expire(self.planned_key, RUN_TTL_S)
-        self.connection.delete(lock)
+        if not self._end_planning(keys=[lock, self.info_key, self.planned_key],
+                                  args=[shard, RUN_TTL_S]):
+            log.warning("bulk run %s: shard %s lost the planner lock at the end", self.id, shard)
 
-    def _push(self, items: list[dict[str, Any]]) -> None:
-        cid = uuid.uuid4().hex[:12]
-        pipe = self.connection.pipeline()  # an item counts as listed once it is in a chunk
-        pipe.sadd(self.planned_key, *(str(i["id"]) for i in items))
-        pipe.hset(self.chunks_key, cid, json.dumps(items))
-        pipe.rpush(self.todo_key, cid)
-        pipe.hincrby(self.info_key, "chunks", 1)
-        pipe.expire(self.chunks_key, RUN_TTL_S)
-        pipe.expire(self.todo_key, RUN_TTL_S)
-        pipe.execute()
+    def _push(self, items: list[dict[str, Any]]) -> int:
+        """One chunk of the items no planner listed yet: each id is added to the listed set
+        and only those it was new to go into the chunk, in one atomic step. How many."""
+        args: list[Any] = [uuid.uuid4().hex[:12], RUN_TTL_S]
+        for item in items:
+            args += [str(item["id"]), json.dumps(item)]
+        return int(self._push_items(
+            keys=[self.planned_key, self.chunks_key, self.todo_key, self.info_key], args=args))
 
     # -- shards -------------------------------------------------------------------------
 
     def beat(self, shard: str) -> None:
         self.connection.set(f"{self.info_key}:alive:{shard}", 1, ex=ALIVE_TTL_S)
+
+    def stop_beating(self, shard: str) -> None:
+        """`shard` stopped: its chunks are taken over by the others (`reclaim_dead`)."""
+        self.connection.delete(f"{self.info_key}:alive:{shard}")
 
     def alive(self, shard: str) -> bool:
         return bool(self.connection.exists(f"{self.info_key}:alive:{shard}"))
@@ -262,14 +322,16 @@ class BulkRun:
             log.warning("bulk run %s: %d chunk(s) of a stopped shard taken over", self.id, back)
         return back
 
-    def needs_recheck(self, shard: str, cid: str) -> bool:
-        """Whether a chunk may have been written already: it was put back after its shard
-        stopped, or `shard` lost it to another one (it was slow, not dead), or the run was
-        resumed. A chunk written once by the shard that still owns it needs no check: its
-        items held no prediction of the version when they were listed."""
-        if self.connection.sismember(self.retried_key, cid):
-            return True
-        return _text(self.connection.hget(self.claims_key, cid)) != shard
+    def release_own(self, shard: str) -> int:
+        """Put back the chunks claimed under `shard`'s name by an earlier try of it (an RQ
+        retry has the same job id): this try does not hold them. How many."""
+        back = 0
+        for cid, owner in self.connection.hgetall(self.claims_key).items():
+            if as_text(owner) == shard:
+                back += int(self._release(
+                    keys=[self.claims_key, self.todo_key, self.retried_key],
+                    args=[as_text(cid), shard]))
+        return back
 
     def outstanding(self) -> int:
         return int(self.connection.llen(self.todo_key)) + int(
@@ -292,13 +354,30 @@ class BulkRun:
             self.connection.delete(active_key(key))
 
 
+LOCK_POLL_S = 0.02  # how often a writer waiting for the write lock tries it
+_released: dict[str, float] = {}  # write lock name -> when this process last released it
+_released_guard = threading.Lock()
+
+
+def _let_others_in(name: str) -> None:
+    """A writer that released the lock a moment ago waits a few polls before taking it again,
+    so the other shards' writers (polling every LOCK_POLL_S) get their turn: the lock is not
+    fair, and a shard whose next write is already queued would otherwise take it every time
+    (its writes behind, the other shards' never counted)."""
+    with _released_guard:
+        since = time.monotonic() - _released.get(name, float("-inf"))
+    if since < 5 * LOCK_POLL_S:
+        time.sleep(5 * LOCK_POLL_S - since)
+
+
 @contextmanager
 def write_lock(connection: redis.Redis, name: str, wait_s: float = 600.0) -> Iterator[None]:
     """A Redis lock held while its process lives: it lasts ALIVE_TTL_S and is renewed every
     ALIVE_TTL_S / 4, so a writer killed inside frees it as soon as its chunk is taken over
     (a fixed long timeout would stall every other writer for that long)."""
-    lock = connection.lock(name, timeout=ALIVE_TTL_S, blocking_timeout=wait_s, sleep=0.02,
-                           thread_local=False)  # renewed from another thread
+    _let_others_in(name)
+    lock = connection.lock(name, timeout=ALIVE_TTL_S, blocking_timeout=wait_s,
+                           sleep=LOCK_POLL_S, thread_local=False)  # renewed from another thread
     if not lock.acquire():
         raise TimeoutError(f"{name} stayed locked for {wait_s} s")
     done = threading.Event()
@@ -321,6 +400,8 @@ def write_lock(connection: redis.Redis, name: str, wait_s: float = 600.0) -> Ite
             lock.release()
         except Exception as exc:  # it lapsed (Redis was away): nothing to release
             log.warning("%s: %s", name, exc)
+        with _released_guard:
+            _released[name] = time.monotonic()
 
 
 def active_key(key: str) -> str:
@@ -352,12 +433,10 @@ class _Heartbeat:
         self.thread = threading.Thread(target=self._loop, name="bulk-heartbeat", daemon=True)
 
     def _loop(self) -> None:
-        planner = f"{self.run.info_key}:planner"
         while not self.stop.wait(ALIVE_TTL_S / 4):
             try:
                 self.run.beat(self.shard)
-                if _text(self.run.connection.get(planner)) == self.shard:
-                    self.run.connection.expire(planner, ALIVE_TTL_S)  # a live planner keeps it
+                self.run.keep_planner(self.shard)  # a live planner keeps it
             except redis.RedisError as exc:
                 log.warning("bulk heartbeat failed: %s", exc)
 
@@ -368,12 +447,14 @@ class _Heartbeat:
 
     def __exit__(self, *_: object) -> None:
         self.stop.set()
-        self.run.connection.delete(f"{self.run.info_key}:alive:{self.shard}")
+        self.thread.join()  # no beat after the key is gone
+        self.run.stop_beating(self.shard)
 
 
-def _drain(steps: Iterator[None]) -> None:
+def _drain(steps: Iterator[None], stop: threading.Event) -> None:
     for _ in steps:
-        pass
+        if stop.is_set():  # the shard failed: another one takes the listing over
+            break
 
 
 def run_shard(run: BulkRun, shard: str, planner: Planner, handler: ChunkHandler, *,
@@ -392,27 +473,28 @@ def run_shard(run: BulkRun, shard: str, planner: Planner, handler: ChunkHandler,
         report({"phase": "predicting", **run.progress(), "shard_done": mine[0]})
 
     listing: list[Future[None]] = []  # this shard lists the items, beside its predictions
-    with _Heartbeat(run, shard), ThreadPoolExecutor(1, thread_name_prefix="bulk-write") as pool, \
-            ThreadPoolExecutor(1, thread_name_prefix="bulk-list") as lister:
+    if run.release_own(shard):
+        log.warning("bulk run %s: shard %s retried, its earlier chunks put back", run.id, shard)
+    stop_listing = threading.Event()
+
+    def work(pool: ThreadPoolExecutor, lister: ThreadPoolExecutor) -> None:
         while True:
             state = run.info()["state"]
             if state in ("failed", "finished"):
-                break
-            if state == "planning" and not listing:
+                return
+            if state == "planning" and not listing:  # nobody plans, or the planner stopped
                 steps = run.planning(planner, shard)
                 if steps is not None:
-                    listing.append(lister.submit(_drain, steps))
+                    listing.append(lister.submit(_drain, steps, stop_listing))
             if listing and listing[0].done():
-                listing[0].result()  # the listing's error, if any, ends the shard
+                listing.pop().result()  # the listing's error, if any, ends the shard
             claimed = run.claim(shard)
             if claimed is not None:
                 cid, items = claimed
                 predicted = handler.predict(items)
                 while len(pending) >= MAX_WRITES_BEHIND:
                     settle()
-                recheck = partial(run.needs_recheck, shard, cid)
-                pending.append((cid, len(items), pool.submit(handler.write, predicted,
-                                                              recheck)))
+                pending.append((cid, len(items), pool.submit(handler.write, predicted)))
                 continue
             if pending:
                 settle()
@@ -424,8 +506,15 @@ def run_shard(run: BulkRun, shard: str, planner: Planner, handler: ChunkHandler,
                 continue
             if run.outstanding() == 0:
                 run.finish()
-                break
+                return
             time.sleep(poll_s)  # others hold the last chunks: take them over if they stop
+
+    with _Heartbeat(run, shard), ThreadPoolExecutor(1, thread_name_prefix="bulk-write") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="bulk-list") as lister:
+        try:
+            work(pool, lister)
+        finally:
+            stop_listing.set()
     final = run.progress()
     report({"phase": "done" if final["state"] == "finished" else final["state"], **final,
             "shard_done": mine[0]})
@@ -437,12 +526,15 @@ def progress_line(meta: Mapping[str, Any]) -> str:
     ETA 31 s)"."""
     rate = meta.get("rate")
     eta = meta.get("eta_s")
-    speed = f"{rate} tasks/s" if rate else "starting"
-    ends = f", ETA {eta:.0f} s" if isinstance(eta, int | float) and meta.get(
-        "phase") == "predicting" else ""
-    failed = f", {meta['failed']} failed" if meta.get("failed") else ""
+    running = meta.get("phase") in ("planning", "predicting")
+    parts = [f"{rate} tasks/s" if rate else "starting" if running else ""]
+    if isinstance(eta, int | float) and meta.get("phase") == "predicting":
+        parts.append(f"ETA {eta:.0f} s")
+    if meta.get("failed"):
+        parts.append(f"{meta['failed']} failed")
     verb = "predicted" if meta.get("phase") == "predicting" else str(meta.get("phase"))
-    return f"{verb} {meta.get('done')}/{meta.get('total')} ({speed}{ends}{failed})"
+    detail = ", ".join(part for part in parts if part)
+    return f"{verb} {meta.get('done')}/{meta.get('total')}" + (f" ({detail})" if detail else "")
 
 
 def job_progress(connection: redis.Redis, meta: Mapping[str, Any]) -> str:

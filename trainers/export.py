@@ -16,9 +16,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from labelpilot.backends.exported_yolo import RUNTIMES, runtime_available
+from labelpilot.backends.exported_yolo import (
+    RUNTIMES,
+    ExportedYolo,
+    ExportSpec,
+    Runtime,
+    runtime_available,
+)
 from labelpilot.backends.model_store import ExportRecord, ModelStore, ModelVersion
 from labelpilot.backends.offline import import_ultralytics
 from labelpilot.backends.tasks import task_spec
@@ -86,8 +92,12 @@ def export_version(store: ModelStore, request: ExportRequest) -> ExportRecord:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=f"export-{request.key}-") as tmp:
         work = Path(tmp)
-        holdout = (Holdout(request.data.resolve(), request.split, -1) if request.data
-                   else unpack_holdout(version.holdout, work / "holdout"))
+        try:
+            holdout = (Holdout(request.data.resolve(), request.split, -1) if request.data
+                       else unpack_holdout(version.holdout, work / "holdout"))
+        except (ValueError, OSError) as exc:  # a corrupt or unsafe holdout.zip
+            raise ExportError(f"the holdout of {version.model_version} cannot be read "
+                              f"({exc}): give --data to check parity on") from exc
         weights = work / "model" / "weights.pt"
         weights.parent.mkdir()
         shutil.copyfile(version.weights, weights)
@@ -109,6 +119,8 @@ def export_version(store: ModelStore, request: ExportRequest) -> ExportRecord:
                 f"{version.model_version} {request.format} export refused: on the holdout "
                 f"{figures}; differs by {worst:.4f} > {request.tolerance}. Nothing was "
                 "written", parity)
+        if task == "detect":
+            _check_servable(exported, request.format, meta)
         files = work / "files"
         files.mkdir()
         if exported.is_dir():  # OpenVINO: a folder with the .xml, .bin and metadata.yaml
@@ -122,6 +134,22 @@ def export_version(store: ModelStore, request: ExportRequest) -> ExportRecord:
             "imgsz": meta["imgsz"], "stride": meta["stride"], "dynamic": True,
             "parity": parity, "seconds": round(time.time() - started, 2)})
     return record
+
+
+def _check_servable(exported: Path, fmt: str, meta: dict[str, Any]) -> None:
+    """Run the export once on labelpilot's own runtime (what will serve it): an export whose
+    output it cannot decode (an NMS-free model's) passes ultralytics' val but is refused here."""
+    import numpy as np
+
+    from labelpilot.backends.errors import ModelLoadError
+
+    path = next(exported.glob("*.xml")) if exported.is_dir() else exported
+    spec = ExportSpec(cast("Runtime", fmt), path, tuple(meta["class_names"]),
+                      int(meta["imgsz"]), int(meta["stride"]))
+    try:
+        ExportedYolo(spec, max_batch=1).predict([np.zeros((64, 64, 3), np.uint8)])
+    except ModelLoadError as exc:
+        raise ExportError(f"the {fmt} export cannot be served: {exc}") from exc
 
 
 def _export(weights: Path, request: ExportRequest) -> tuple[Path, dict[str, Any]]:
@@ -148,8 +176,12 @@ def _evaluate(model_path: str, holdout: Holdout, task: str, imgsz: int, device: 
     from ultralytics import YOLO
 
     model = YOLO(model_path, task=task)
-    results = model.val(data=str(holdout.data), split=holdout.split, imgsz=imgsz, batch=8,
-                        device=_device(device), workers=0, plots=False, verbose=False,
-                        save_json=False, project=str(runs), name="val")
+    try:
+        results = model.val(data=str(holdout.data), split=holdout.split, imgsz=imgsz, batch=8,
+                            device=_device(device), workers=0, plots=False, verbose=False,
+                            save_json=False, project=str(runs), name="val")
+    except Exception as exc:  # ultralytics raises many kinds: a bad data yaml, no images
+        raise ExportError(f"could not evaluate {Path(model_path).name} on {holdout.data} "
+                          f"(split {holdout.split}): {exc}") from exc
     values = results.results_dict
     return {name: round(float(values[key]), 6) for name, key in task_spec(task).metrics}

@@ -44,6 +44,9 @@ def running_job(connection: redis.Redis, key: str) -> Iterator[Progress]:
     job = get_current_job()
 
     def progress(update: dict[str, Any]) -> None:
+        if job is not None and update.get("phase") == "writing":
+            # a stalled training that was reaped and retried elsewhere writes nothing
+            queue.require_running(connection, key, job.id)
         if job is not None:
             job.meta.update(update)
             try:
@@ -65,7 +68,9 @@ def running_job(connection: redis.Redis, key: str) -> Iterator[Progress]:
         def beat() -> None:
             while not stop.wait(queue.ALIVE_TTL_S / 4):
                 try:
-                    queue.heartbeat(connection, key, job_id)
+                    if not queue.heartbeat(connection, key, job_id):
+                        log.warning("%s: this training was taken over by a retry", key)
+                        return
                 except redis.RedisError as exc:
                     log.warning("heartbeat failed: %s", exc)
 

@@ -110,9 +110,46 @@ def request_training(connection: redis.Redis, key: str, func: str, kwargs: dict[
         return Enqueued(job.id, "follow-up" if depends else "enqueued")
 
 
-def heartbeat(connection: redis.Redis, key: str, job_id: str) -> None:
-    """The running job says it is alive (RQ itself notices a killed worker only much later)."""
-    connection.set(_ALIVE.format(key), job_id, ex=ALIVE_TTL_S)
+# SET alive only while the job is still the key's running one: a stalled job that was reaped
+# and retried elsewhere must not make its successor look dead (or itself look alive)
+_BEAT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def heartbeat(connection: redis.Redis, key: str, job_id: str) -> bool:
+    """The running job says it is alive (RQ itself notices a killed worker only much later).
+    False when the job is no longer the key's running one (it was reaped and retried)."""
+    return bool(connection.eval(_BEAT, 2, _RUNNING.format(key), _ALIVE.format(key), job_id,
+                                ALIVE_TTL_S))
+
+
+class TrainingTakenOver(RuntimeError):
+    """This training stalled long enough to be reaped and queued again elsewhere: it must not
+    write a version (the retry will)."""
+
+
+def require_running(connection: redis.Redis, key: str, job_id: str) -> None:
+    """Before a training writes its version: raise `TrainingTakenOver` unless it is still the
+    key's running job. A Redis that does not answer is asked again for up to `ALIVE_TTL_S`
+    (a restart); after that the training fails rather than risk a second version."""
+    deadline = time.monotonic() + ALIVE_TTL_S
+    while True:
+        try:
+            current = _text(connection.get(_RUNNING.format(key)))
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+    if current != job_id:
+        raise TrainingTakenOver(
+            f"training {job_id} of {key} stopped sending heartbeats and was queued again "
+            f"({current or 'no job'} runs it now): this one writes no version")
 
 
 def reap_dead(connection: redis.Redis, key: str) -> str | None:

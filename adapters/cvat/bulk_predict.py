@@ -5,16 +5,20 @@ turned into CVAT shapes by the facade's own conversion (`cvat_shapes`, `sdk_requ
 added with one `PATCH /api/tasks/{id}/annotations?action=create` per chunk.
 
 CVAT records no model version on a shape: a frame that holds machine-made shapes
-(`source` auto or semi-auto) is left out when listed, and a chunk that may have been written
-before (taken over from a stopped shard) is checked again under a lock per task before it is
-written, so a frame never gets the run's shapes twice.
+(`source` auto or semi-auto) is left out when listed, and every chunk asks again (one request)
+under a lock per task right before it is written, so a frame never gets machine-made shapes
+twice (a chunk taken over from a stopped shard, or a frame annotated meanwhile).
 `only_missing`: leave out frames that hold any shape at all.
+
+The task's slicing setting (`labelpilot settings cvat-task-5 --slice 640`, read by
+`trainers.slice_settings` under the same key as the facade's detector) runs every frame
+sliced (`backends.slicing.sliced_predict`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
@@ -27,6 +31,7 @@ from labelpilot.adapters.cvat.training import store_key
 from labelpilot.backends.images import ImageError, decode_image
 from labelpilot.backends.model_ref import ModelLocator
 from labelpilot.backends.model_store import ModelStore, serving_weights
+from labelpilot.backends.slicing import SliceSpec, sliced_predict
 from labelpilot.backends.yolo import YoloModel
 from labelpilot.trainers.bulk_run import ChunkOutcome, write_lock
 
@@ -52,23 +57,26 @@ def task_labels(client: Any, task_id: int) -> list[LabelSpec]:
 
 
 def resolve_model(client: Any, task_id: int, store: ModelStore, locator: ModelLocator,
-                  default_model: str, wanted: str | None) -> tuple[str, str]:
-    """(weights, model_version) of the task's served detector, or of the stored version
-    `wanted`; CvatBulkError naming the servable versions for any other."""
+                  default_model: str, wanted: str | None) -> tuple[str, str, str]:
+    """(weights, model_version, settings key) of the task's served detector, or of the
+    stored version `wanted`; CvatBulkError naming the servable versions for any other. The
+    settings key is the one whose slicing applies, as in the facade's catalog: the store key
+    of a trained version (cvat-task-5, cvat-project-2), else the task's."""
     _, response = client.api_client.tasks_api.retrieve(task_id, _parse_response=False)
     task = json_body(response)
     keys = [store_key("task", task_id)]
     if task.get("project_id"):
         keys.append(store_key("project", int(task["project_id"])))
     weights, version = serving_weights(store, keys, locator, default_model)
+    key = next((k for k in keys if store.current(k) is not None), keys[0])
     if wanted in (None, version):
-        return weights, version
+        return weights, version, key
     servable = [version]
     for key in keys:
         for stored in store.versions(key):
             servable.append(stored.model_version)
             if stored.model_version == wanted:
-                return str(stored.weights), wanted
+                return str(stored.weights), wanted, key
     raise CvatBulkError(f"model version '{wanted}' is not servable for CVAT task {task_id}; "
                         f"servable: {', '.join(dict.fromkeys(servable))}")
 
@@ -99,7 +107,9 @@ class CvatChunks:
     """Predicts a chunk of frames and adds their shapes to the task (a `ChunkHandler`)."""
 
     def __init__(self, client: Any, task_id: int, model: YoloModel, labels: list[LabelSpec],
-                 threshold: float, connection: redis.Redis, max_pixels: int):
+                 threshold: float, connection: redis.Redis, max_pixels: int,
+                 slicing: SliceSpec | None = None):
+        self.slicing = slicing
         self.client = client
         self.task_id = task_id
         self.model = model
@@ -128,7 +138,11 @@ class CvatChunks:
                 frames.append(int(item["id"]))
             except ImageError as exc:
                 failed.append({"item": int(item["id"]), "reason": f"frame {item['id']}: {exc}"})
-        predictions = self.model.predict(images, conf=self.threshold) if images else []
+        if self.slicing is not None:  # as the facade's detector serves the task
+            predictions = [sliced_predict(self.model, image, self.slicing, conf=self.threshold)
+                           for image in images]
+        else:
+            predictions = self.model.predict(images, conf=self.threshold) if images else []
         shapes: dict[int, list[Any]] = {}
         for frame, prediction in zip(frames, predictions, strict=True):
             requests = sdk_requests(cvat_shapes(prediction, self.labels, self.threshold))
@@ -138,19 +152,21 @@ class CvatChunks:
             shapes[frame] = [r for r in requests if isinstance(r, models.LabeledShapeRequest)]
         return shapes, failed
 
-    def write(self, predicted: tuple[dict[int, list[Any]], list[dict[str, Any]]],
-              recheck: Callable[[], bool] = lambda: True) -> ChunkOutcome:
-        """Add the shapes of the frames that hold no machine-made shapes yet."""
+    def write(self, predicted: tuple[dict[int, list[Any]], list[dict[str, Any]]]
+              ) -> ChunkOutcome:
+        """Add the shapes of the frames that hold no machine-made shapes yet (asked of CVAT
+        under the task's write lock right before writing). `written`: frames that got shapes."""
         from cvat_sdk import models
 
         shapes, failed = predicted
         with write_lock(self.connection, f"labelpilot:bulk:write:cvat-task-{self.task_id}"):
-            held = (_held_frames(self.client, self.task_id, only_missing=False) & set(shapes)
-                    if recheck() else set())
-            body = [s for frame, found in shapes.items() if frame not in held for s in found]
+            held = _held_frames(self.client, self.task_id, only_missing=False) & set(shapes)
+            fresh = {frame: found for frame, found in shapes.items()
+                     if frame not in held and found}
+            body = [s for found in fresh.values() for s in found]
             if body:
                 self.client.api_client.tasks_api.partial_update_annotations(
                     "create", self.task_id,
                     patched_labeled_data_request=models.PatchedLabeledDataRequest(
                         shapes=body, tags=[], tracks=[]))
-        return ChunkOutcome(written=len(shapes) - len(held), present=len(held), failed=failed)
+        return ChunkOutcome(written=len(fresh), present=len(held), failed=failed)

@@ -9,9 +9,10 @@ even when a new version is promoted during the run.
 
 LS must never hold two predictions of one model version for a task: a task that holds the
 run's version already is left out when listed. Every write takes a lock per project and
-version; inside it, a chunk that may have been written before (taken over from a stopped
-shard, or lost by a slow one) asks LS which of its tasks hold the version and leaves those
-out (`BulkRun.needs_recheck`).
+version; inside it, right before the write, every chunk asks LS (one request) which of its
+tasks hold the version now and leaves those out: the chunk may have been written before
+(taken over from a stopped shard, or lost by a slow one), and LS stores the prediction of a
+task that a user opens meanwhile (its /predict call) under the same version.
 
 `only_missing`: leave out every task that holds any prediction (of any version), not only
 those that hold the run's version.
@@ -21,13 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
-from labelpilot.adapters.label_studio.client import LabelStudioClient
+from labelpilot.adapters.label_studio.client import LabelStudioApiError, LabelStudioClient
 from labelpilot.adapters.label_studio.config import (
     ConfigError,
     ControlDefaults,
@@ -137,15 +138,48 @@ def list_tasks(api: LabelStudioClient, project_id: int, version: str, only_missi
 
 def versions_held(api: LabelStudioClient, project_id: int, task_ids: Sequence[int],
                   version: str) -> set[int]:
-    """Which of `task_ids` hold a prediction of `version` now (one Data Manager call)."""
-    if not task_ids:
+    """Which of `task_ids` hold a prediction of `version` now: one Data Manager call asking
+    for all of them on one page, then further pages while LS returned fewer (it caps its page
+    size). `TasksGone` when LS, through its last page, did not return some of them (deleted
+    meanwhile), never a guess."""
+    wanted = {int(t) for t in task_ids}
+    if not wanted:
         return set()
-    query = json.dumps({"selectedItems": {"all": False, "included": list(task_ids)}})
-    body = api.get("/api/tasks", {"project": project_id, "fields": "all", "query": query,
-                                  "page_size": len(task_ids)})
-    tasks = body["tasks"] if isinstance(body, dict) else body
-    return {int(t["id"]) for t in tasks
-            if any(p.get("model_version") == version for p in t.get("predictions") or [])}
+    query = json.dumps({"selectedItems": {"all": False, "included": sorted(wanted)}})
+    seen: set[int] = set()
+    held: set[int] = set()
+    page = 1
+    while True:
+        try:
+            body = api.get("/api/tasks", {"project": project_id, "fields": "all",
+                                          "query": query, "page_size": len(wanted),
+                                          "page": page})
+        except LabelStudioApiError as exc:
+            if page > 1 and exc.status == 404:  # past the last page: the tasks missing below
+                break
+            raise
+        tasks = body["tasks"] if isinstance(body, dict) else body
+        for task in tasks:
+            tid = int(task["id"])
+            seen.add(tid)
+            if any(p.get("model_version") == version for p in task.get("predictions") or []):
+                held.add(tid)
+        total = body.get("total") if isinstance(body, dict) else None
+        if not tasks or wanted <= seen or (total is not None and len(seen) >= int(total)):
+            break
+        page += 1
+    missing = wanted - seen
+    if missing:
+        raise TasksGone(missing)
+    return held & wanted
+
+
+class TasksGone(LookupError):
+    """Tasks of a chunk that Label Studio no longer lists (deleted during the run)."""
+
+    def __init__(self, task_ids: set[int]):
+        super().__init__(f"tasks {sorted(task_ids)[:10]} are no longer in Label Studio")
+        self.task_ids = task_ids
 
 
 class LabelStudioChunks:
@@ -173,16 +207,21 @@ class LabelStudioChunks:
         ready = {int(t.id or 0): r for t, r in zip(tasks, results, strict=True) if "result" in r}
         return ready, failed
 
-    def write(self, predicted: tuple[dict[int, dict[str, Any]], list[dict[str, Any]]],
-              recheck: Callable[[], bool] = lambda: True) -> ChunkOutcome:
-        """One bulk write of the tasks that do not hold the version yet (asked of LS when
-        `recheck()` says the chunk may have been written before)."""
+    def write(self, predicted: tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]
+              ) -> ChunkOutcome:
+        """One bulk write of the tasks that do not hold the version yet, asked of LS under
+        the write lock right before writing."""
         ready, failed = predicted
         api = self.source.api
         with write_lock(self.connection,
                         f"labelpilot:bulk:write:ls-{self.project_id}:{self.version}"):
-            present = (versions_held(api, self.project_id, list(ready), self.version)
-                       if recheck() else set())
+            try:
+                present = versions_held(api, self.project_id, list(ready), self.version)
+            except TasksGone as gone:  # deleted during the run: LS would refuse the whole write
+                failed = [*failed, *({"item": tid, "reason": "the task was deleted from Label "
+                                      "Studio during the run"} for tid in sorted(gone.task_ids))]
+                ready = {tid: r for tid, r in ready.items() if tid not in gone.task_ids}
+                present = versions_held(api, self.project_id, list(ready), self.version)
             body = [{"task": tid, "result": r["result"], "score": r.get("score"),
                      "model_version": self.version}
                     for tid, r in ready.items() if tid not in present]
