@@ -7,17 +7,11 @@ never one per image. A change made with `labelpilot settings` reaches every work
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-
 import redis
 
 from labelpilot.backends.bands import BandMapping
+from labelpilot.trainers.cached_setting import CACHE_SECONDS, CachedSetting
 from labelpilot.trainers.settings import load_params
-
-log = logging.getLogger(__name__)
-CACHE_SECONDS = 5.0
 
 
 def load_band_mapping(connection: redis.Redis, project: str) -> BandMapping | None:
@@ -27,27 +21,10 @@ def load_band_mapping(connection: redis.Redis, project: str) -> BandMapping | No
     return None if mapping.is_auto else mapping
 
 
-class ProjectBands:
+class ProjectBands(CachedSetting[BandMapping]):
     """Projects' band mappings, each cached for `ttl` seconds (thread-safe). A Redis outage
     or a bad stored value gives the default mapping, logged: prediction must go on."""
 
     def __init__(self, connection: redis.Redis, ttl: float = CACHE_SECONDS):
-        self.connection = connection
-        self.ttl = ttl
-        self._cache: dict[str, tuple[float, BandMapping | None]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, project: str) -> BandMapping | None:
-        now = time.monotonic()
-        with self._lock:
-            known = self._cache.get(project)
-        if known is not None and now - known[0] < self.ttl:
-            return known[1]
-        try:
-            mapping = load_band_mapping(self.connection, project)
-        except (redis.RedisError, ValueError) as exc:
-            log.warning("band mapping of %s unavailable, using the default: %s", project, exc)
-            mapping = None
-        with self._lock:
-            self._cache[project] = (now, mapping)
-        return mapping
+        super().__init__(connection, load_band_mapping, "band mapping", "using the default",
+                         ttl=ttl)

@@ -7,17 +7,11 @@ each key's value is kept a few seconds in the process: one Redis read per key an
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-
 import redis
 
 from labelpilot.backends.slicing import SliceSpec
+from labelpilot.trainers.cached_setting import CACHE_SECONDS, CachedSetting
 from labelpilot.trainers.settings import load_params
-
-log = logging.getLogger(__name__)
-CACHE_SECONDS = 5.0
 
 
 def load_slicing(connection: redis.Redis, project: str) -> SliceSpec | None:
@@ -26,27 +20,9 @@ def load_slicing(connection: redis.Redis, project: str) -> SliceSpec | None:
     return SliceSpec(params.slice, params.slice_overlap) if params.slice else None
 
 
-class ProjectSlicing:
+class ProjectSlicing(CachedSetting[SliceSpec]):
     """Keys' slicing, each cached for `ttl` seconds (thread-safe). A Redis outage or a bad
     stored value means no slicing, logged: detection must go on."""
 
     def __init__(self, connection: redis.Redis, ttl: float = CACHE_SECONDS):
-        self.connection = connection
-        self.ttl = ttl
-        self._cache: dict[str, tuple[float, SliceSpec | None]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, project: str) -> SliceSpec | None:
-        now = time.monotonic()
-        with self._lock:
-            known = self._cache.get(project)
-        if known is not None and now - known[0] < self.ttl:
-            return known[1]
-        try:
-            spec = load_slicing(self.connection, project)
-        except (redis.RedisError, ValueError) as exc:
-            log.warning("slicing of %s unavailable, not slicing: %s", project, exc)
-            spec = None
-        with self._lock:
-            self._cache[project] = (now, spec)
-        return spec
+        super().__init__(connection, load_slicing, "slicing", "not slicing", ttl=ttl)
