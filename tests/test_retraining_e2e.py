@@ -86,8 +86,10 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
     first_version = before[0]["model_version"]
     baseline = quality(before, truth)
 
+    # the split hashes LS task ids, which depend on every test before this one: with task ids
+    # 2100-2163 (after the bulk tests' 2,000 tasks) 15 epochs left the v1 under the weak model
     settings = requests.put(f"{backend.url}/admin/projects/ls-{pid}/settings", headers=ADMIN,
-                            json={"epochs": 15, "imgsz": 160, "batch": 8}, timeout=10)
+                            json={"epochs": 25, "imgsz": 160, "batch": 8}, timeout=10)
     assert settings.status_code == 200, settings.text
     annotate_all(ls_admin, truth)  # annotators label every task
     no_job_yet = requests.get(f"{backend.url}/jobs", params={"project": pid}, timeout=10)
@@ -108,7 +110,7 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
 
     job = wait_for(finished, timeout=900, interval=2, what="the training job")
     assert {"training", "done"} <= phases | {job["meta"]["phase"]}
-    assert job["meta"]["epochs"] == 15 and job["meta"]["trigger"]["event"] == "START_TRAINING"
+    assert job["meta"]["epochs"] == 25 and job["meta"]["trigger"]["event"] == "START_TRAINING"
 
     models = requests.get(f"{backend.url}/admin/models", headers=ADMIN, timeout=10).json()
     (model,) = [m for m in models["models"] if m["key"] == f"ls-{pid}-label"]
