@@ -96,6 +96,11 @@ CASES: dict[str, tuple[str, str, Callable[[GeneratedImage], list[dict]], str, st
                 '<Choice value="Triangle"/></Choices></View>',
                 "class", choice, "classify", "choices"),
 }
+# images and epochs: a segment head grown from detect weights learns its masks last; on 24
+# images and 10 epochs mask mAP50 on a 2–3-image holdout ranged 0.016–0.995 with the split
+# (which hashes LS task ids, so it moves with every test before this one); 40 images and 15
+# epochs gave 0.945–0.995 on every split tried, holdouts of 1 to 4 images included
+TRAINING: dict[str, tuple[int, int]] = {"polygon": (40, 15)}
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -109,7 +114,9 @@ def test_control_trains_from_label_studio_and_serves_its_result_type(
     config, control, annotate, task, result_type = CASES[kind]
     monkeypatch.setenv("MODEL_DIR", str(backend.log.parent / "models"))  # the backend's store
     pid = ls_admin.create_project(f"train-{kind}", config)
-    images = generate_images(tmp_path, 24, seed=500 + len(kind), size=160, prefix=kind)
+    image_count, epochs = TRAINING.get(kind, (24, 10))
+    images = generate_images(tmp_path, image_count, seed=500 + len(kind), size=160,
+                             prefix=kind)
     by_name = {g.path.name: g for g in images}
     ls_admin.upload_images(pid, [g.path for g in images])
     headers = ls_admin.headers()
@@ -128,8 +135,9 @@ def test_control_trains_from_label_studio_and_serves_its_result_type(
     # test_training_pipeline); the point here is the result type Label Studio stores
     promotion = "manual" if task == "classify" else "auto"
     # the split hashes LS task ids, which depend on every test before this one: 10 epochs
-    # clear the floor on each split tried (6 did not, once the bulk tests added 2,000 tasks)
-    save_params(get_redis(), f"ls-{pid}", epochs=10, imgsz=160, batch=8, pretrained=pretrained,
+    # clear the floor on each split tried for the other kinds (6 did not, once the bulk tests
+    # added 2,000 tasks); polygon's masks need more (TRAINING)
+    save_params(get_redis(), f"ls-{pid}", epochs=epochs, imgsz=160, batch=8, pretrained=pretrained,
                 promotion=promotion)
 
     result = train_label_studio(pid, trigger={"event": "test"})
