@@ -10,11 +10,13 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 
@@ -134,3 +136,18 @@ def shapes_samples(directory: Path, count: int, seed: int = 77) -> list[Sample]:
                    tuple(Instance(b.class_name, 1.0, box=BBox(b.x1, b.y1, b.x2, b.y2))
                          for b in g.boxes), provenance={"task": str(i)})
             for i, g in enumerate(generate_images(directory, count, seed=seed))]
+
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30,
+             every: float = 0.1) -> T:
+    """`check()`'s first truthy value, polled every `every` s; fails the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(every)

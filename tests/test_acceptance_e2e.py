@@ -16,7 +16,8 @@ import requests
 
 from labelpilot.backends.acceptance import AcceptanceLedger
 from tests.conftest import REPO, BackendServer, start_backend
-from tests.test_retraining_e2e import shapes_project, start_worker, wait_for
+from tests.helpers import wait_for
+from tests.test_retraining_e2e import shapes_project, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 OPS = ("keep", "delete", "relabel", "move_far", "nudge")
@@ -162,7 +163,7 @@ def test_acceptance_figures_per_model_version_from_real_label_studio(
             for v, r in rows.items()
         }
 
-    got = wait_for(lambda: figures_now({v0: 3}), 120, 0.5, "three annotations counted")
+    got = wait_for("three annotations counted", lambda: figures_now({v0: 3}), 120, 0.5)
     assert got == figures
 
     # an UPDATED annotation replaces its earlier count: drop one kept region
@@ -175,7 +176,7 @@ def test_acceptance_figures_per_model_version_from_real_label_studio(
     )
     assert patched.status_code == 200, patched.text
     figures[v0] = add_figures(figures[v0], {"predicted": 0, "kept": -1, "added": 0, "deleted": 1})
-    wait_for(lambda: figures_now({v0: 3}) == figures, 120, 0.5, "the update to replace")
+    wait_for("the update to replace", lambda: figures_now({v0: 3}) == figures, 120, 0.5)
 
     # a second version serves: LS predicts every task again with it
     store = ModelStore(served["tmp"] / "models" / "store", redis.Redis.from_url(redis_url))
@@ -187,7 +188,7 @@ def test_acceptance_figures_per_model_version_from_real_label_studio(
         ls_admin.retrieve_predictions(pid)
         return {p["model_version"] for p in ls_admin.predictions(pid)} == {v0, v1}
 
-    wait_for(serves_v1, 60, 1.0, "predictions of the new version")
+    wait_for("predictions of the new version", serves_v1, 60, 1.0)
     second = {p["task"]: p for p in ls_admin.predictions(pid) if p["model_version"] == v1}
     # newest labelpilot prediction: v1; one region deleted, the rest kept
     later_ops = ["delete"] + ["keep"] * (len(second[later]["result"]) - 1)
@@ -207,14 +208,10 @@ def test_acceptance_figures_per_model_version_from_real_label_studio(
     (unpredicted,) = ls_admin.import_tasks(pid, [{"image": "/data/upload/none.png"}])
     annotate(ls_admin, unpredicted, [new_region(size)])
 
-    got = wait_for(lambda: figures_now({v0: 4, v1: 1}), 120, 0.5, "the v1 annotations")
+    got = wait_for("the v1 annotations", lambda: figures_now({v0: 4, v1: 1}), 120, 0.5)
     assert got == figures
-    wait_for(
-        lambda: ledger.ignored(key).get(key) == {"skipped": 1, "no_labelpilot_prediction": 1},
-        60,
-        0.5,
-        "the ignored annotations",
-    )
+    ignored = {"skipped": 1, "no_labelpilot_prediction": 1}
+    wait_for("the ignored annotations", lambda: ledger.ignored(key).get(key) == ignored, 60, 0.5)
     rows = {r["model_version"]: r for r in ledger.summary(key)}
     for version, f in figures.items():
         assert rows[version]["rate"] == round(f["kept"] / f["predicted"], 4)

@@ -157,7 +157,8 @@ def injected(image, kind: str) -> list[dict]:
 
 
 def test_label_errors_marks_the_wrong_annotations_for_review(ls_admin, cli_env, tmp_path):
-    from tests.test_retraining_e2e import start_worker, wait_for
+    from tests.helpers import wait_for
+    from tests.test_retraining_e2e import start_worker
 
     pid = ls_admin.create_project("label errors e2e", load("detection_shapes"))
     images = [g for g in generate_images(tmp_path / "errors", 40, seed=601)
@@ -188,7 +189,7 @@ def test_label_errors_marks_the_wrong_annotations_for_review(ls_admin, cli_env, 
             assert "failed" not in out, (out, (tmp_path / "worker.log").read_text()[-3000:])
             return "finished" in out
 
-        wait_for(finished, 600, interval=0.5, what="the label-error job")
+        wait_for("the label-error job", finished, 600, 0.5)
     finally:
         worker.terminate()
         worker.wait(30)

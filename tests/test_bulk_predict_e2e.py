@@ -65,7 +65,8 @@ def test_two_workers_predict_a_project_and_survive_a_killed_one(
         ls_admin, label_studio, redis_url, shapes_model, tmp_path, make_client):
     from rq import Worker
 
-    from tests.test_retraining_e2e import start_worker, wait_for
+    from tests.helpers import wait_for
+    from tests.test_retraining_e2e import start_worker
 
     env = worker_env(label_studio, redis_url, shapes_model, tmp_path)
     pid, good, bad = make_project(ls_admin, label_studio, "bulk predict e2e", 2000,
@@ -74,14 +75,14 @@ def test_two_workers_predict_a_project_and_survive_a_killed_one(
     workers = [start_worker(env, tmp_path / f"worker{n}.log", new_session=True)
                for n in range(2)]
     try:
-        wait_for(lambda: Worker.count(connection=connection) >= 2, 60, 0.2, "two workers")
+        wait_for("two workers", lambda: Worker.count(connection=connection) >= 2, 60, 0.2)
         queued = run_cli("predict", "--ls-project", str(pid), "--shards", "2",
                          "--chunk-size", "50", env=env)
         assert queued.returncode == 0 and "started: run" in queued.stdout, queued.stderr
         run = BulkRun(connection, re.search(r"run (\S+),", queued.stdout)[1])
         total = len(good) + len(bad)
 
-        wait_for(lambda: run.progress()["done"] >= total * 0.3, 240, 0.2, "30 % done")
+        wait_for("30 % done", lambda: run.progress()["done"] >= total * 0.3, 240, 0.2)
         jobs_out = run_cli("jobs", "--key", f"predict-ls-{pid}", env=env).stdout
         client = make_client(**env, LABELPILOT_ADMIN_TOKEN="bulk-admin")
         admin = {"Authorization": "Bearer bulk-admin"}
@@ -102,7 +103,7 @@ def test_two_workers_predict_a_project_and_survive_a_killed_one(
         assert any(r["rate"] and 0 < (r["done"] or 0) < total for r in rows), rows
 
         started = time.monotonic()
-        wait_for(lambda: run.progress()["state"] == "finished", 300, 0.5, "the run to end")
+        wait_for("the run to end", lambda: run.progress()["state"] == "finished", 300, 0.5)
         final = run.progress()
         log = (tmp_path / "worker1.log").read_text()
         assert "taken over" in log, log[-3000:]  # the killed shard's chunk, done again

@@ -32,6 +32,7 @@ import pytest
 import redis
 import requests
 
+from tests.helpers import wait_for
 from tests.netns import Host, Lab, unavailable
 from tests.shapes_job import JOB
 
@@ -131,17 +132,6 @@ class Load:
 
     def window(self, start: float, end: float) -> list[Answer]:
         return [a for a in list(self.answers) if start <= a.at < end]
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float,
-             every: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def children(pid: int) -> list[int]:

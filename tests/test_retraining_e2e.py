@@ -15,7 +15,14 @@ import requests
 
 from labelpilot.label_config import load
 from tests.conftest import REPO, BackendServer, start_backend
-from tests.helpers import generate_images, ground_truth_result, iou, ls_box, serve_directory
+from tests.helpers import (
+    generate_images,
+    ground_truth_result,
+    iou,
+    ls_box,
+    serve_directory,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ADMIN = {"Authorization": "Bearer test-admin-token"}
@@ -64,17 +71,6 @@ def start_worker(env: dict[str, str], log: Path,
                             start_new_session=new_session)
 
 
-def wait_for(predicate, timeout: float, interval: float = 1.0,  # type: ignore[no-untyped-def]
-             what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_start_training_in_label_studio_produces_a_better_promoted_version(
         loop, ls_admin, label_studio, tmp_path_factory):
     backend: BackendServer = loop["backend"]
@@ -108,7 +104,7 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
         assert job["status"] != "failed", job
         return job if job["status"] == "finished" else None
 
-    job = wait_for(finished, timeout=900, interval=2, what="the training job")
+    job = wait_for("the training job", finished, 900, 2)
     assert {"training", "done"} <= phases | {job["meta"]["phase"]}
     assert job["meta"]["epochs"] == 25 and job["meta"]["trigger"]["event"] == "START_TRAINING"
 
@@ -125,7 +121,7 @@ def test_start_training_in_label_studio_produces_a_better_promoted_version(
             for _ in range(12)}
         return seen == {new_version}
 
-    wait_for(everyone_serves_new, timeout=10, interval=0.5, what="all workers to swap")
+    wait_for("all workers to swap", everyone_serves_new, 10, 0.5)
     ls_admin.retrieve_predictions(pid)
     after = [p for p in ls_admin.predictions(pid) if p["model_version"] == new_version]
     assert {p["task"] for p in after} == set(truth)  # LS re-predicted with the new version
@@ -163,8 +159,8 @@ def test_hot_swap_under_load_fails_no_request(loop, image_urls, weak_shapes_mode
     store.write_version(key, weak_shapes_model, {"note": "weak"})
     store.write_version(key, shapes_model, {"note": "good"})
     store.promote(key, "v1")
-    wait_for(lambda: served_versions(backend.url, project) == {f"{key}-v1"}, 10, 0.3,
-             "v1 everywhere")
+    wait_for("v1 everywhere",
+             lambda: served_versions(backend.url, project) == {f"{key}-v1"}, 10, 0.3)
     body = {"tasks": [{"id": i, "data": {"image": u}} for i, u in enumerate(image_urls[:2])],
             "project": f"{project}.0", "label_config": load("detection_shapes")}
     outcomes: list[tuple[float, int, str]] = []
@@ -186,8 +182,8 @@ def test_hot_swap_under_load_fails_no_request(loop, image_urls, weak_shapes_mode
     time.sleep(3)
     promoted_at = time.monotonic()
     store.promote(key, "v2")
-    wait_for(lambda: served_versions(backend.url, project) == {f"{key}-v2"}, 2, 0.1,
-             "every worker to serve v2 within 2 s")
+    wait_for("every worker to serve v2 within 2 s",
+             lambda: served_versions(backend.url, project) == {f"{key}-v2"}, 2, 0.1)
     swapped_after = time.monotonic() - promoted_at
     time.sleep(3)
     stop.set()
@@ -255,7 +251,7 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
             job = jobs.json()["jobs"][0] if jobs.json()["jobs"] else None
             return job if job and (job["meta"].get("epoch") or 0) >= 1 else None
 
-        job = wait_for(training_job, 300, 1, "training to reach epoch 1")
+        job = wait_for("training to reach epoch 1", training_job, 300, 1)
         os.kill(job["meta"]["pid"], signal.SIGKILL)  # the process training, mid-epoch
         os.killpg(worker.pid, signal.SIGKILL)  # and its worker
         worker.wait(10)
@@ -265,7 +261,7 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
             mine = [j for j in jobs.json()["jobs"] if j["id"] == job["id"]]
             return mine[0] if mine and mine[0]["status"] == "failed" else None
 
-        dead = wait_for(failed, 60, 1, "the killed job to show as failed")
+        dead = wait_for("the killed job to show as failed", failed, 60, 1)
         assert "heartbeats" in dead["meta"]["error"]
         store = ModelStore(loop["tmp"] / "models" / "store", redis_lib.Redis.from_url(redis_url))
         assert store.versions(f"ls-{pid}-label") == []  # nothing half-written is visible
@@ -283,7 +279,7 @@ def test_worker_killed_mid_training_writes_no_version_and_next_trigger_trains(
         done = [j for j in jobs.json()["jobs"] if j["status"] == "finished"]
         return done[0] if done else None
 
-    wait_for(next_finished, 300, 2, "the next training to finish")
+    wait_for("the next training to finish", next_finished, 300, 2)
     store = ModelStore(loop["tmp"] / "models" / "store", redis_lib.Redis.from_url(redis_url))
     assert [v.version for v in store.versions(f"ls-{pid}-label")] == ["v1"]
 

@@ -59,7 +59,8 @@ def write_files(directory: Path) -> tuple[list[Path], dict[str, bytes]]:
 def test_scan_marks_every_task_and_reports_each_bad_file(
     ls_admin, label_studio, redis_url, tmp_path
 ):
-    from tests.test_retraining_e2e import start_worker, wait_for
+    from tests.helpers import wait_for
+    from tests.test_retraining_e2e import start_worker
 
     env = {
         "LABEL_STUDIO_URL": label_studio.url,
@@ -90,7 +91,7 @@ def test_scan_marks_every_task_and_reports_each_bad_file(
                 assert "failed" not in out, (out, (tmp_path / "worker.log").read_text()[-3000:])
                 return "finished" in out
 
-            wait_for(finished, 300, interval=0.5, what="the scan job")
+            wait_for("the scan job", finished, 300, 0.5)
         finally:
             worker.terminate()
             worker.wait(30)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from labelpilot.trainers.queue_status import (
     queue_status,
 )
 from tests.conftest import REPO, start_backend
+from tests.helpers import wait_for
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, prctl")
 
@@ -77,16 +78,6 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except (FileNotFoundError, ProcessLookupError):
         return ""
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 # -- the parts, without servers ----------------------------------------------------------------

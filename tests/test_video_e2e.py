@@ -19,7 +19,8 @@ from bench.track_scores import score_tracks
 from labelpilot.label_config import load
 from labelpilot.synthetic_video import SyntheticClip, make_clip, write_clip
 from tests.conftest import ARTIFACTS, REPO, start_backend
-from tests.test_retraining_e2e import start_worker, wait_for
+from tests.helpers import wait_for
+from tests.test_retraining_e2e import start_worker
 from tests.test_video_predict import drawn_tracks, truth_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -124,8 +125,8 @@ def test_a_long_clip_is_tracked_by_a_worker_that_posts_the_prediction(ls_admin, 
         "project": f"{pid}.0", "label_config": CONFIG}, timeout=60).json()
     (queued,) = answer["jobs"]
     assert "result" not in answer["results"][0], "nothing stored until the job posts it"
-    predictions = wait_for(lambda: ls_admin.predictions(pid), 180, 2,
-                           "the worker's prediction in LS")
+    predictions = wait_for("the worker's prediction in LS",
+                           lambda: ls_admin.predictions(pid), 180, 2)
     (prediction,) = predictions
     regions = prediction["result"]
     scores = score_tracks(truth_of(clip), drawn_tracks(regions, clip.width, clip.height,
@@ -135,8 +136,8 @@ def test_a_long_clip_is_tracked_by_a_worker_that_posts_the_prediction(ls_admin, 
     setup = requests.post(f"{backend.url}/setup", json={"project": f"{pid}.0",
                                                         "schema": CONFIG}, timeout=10)
     assert prediction["model_version"] == setup.json()["model_version"]
-    jobs_cli = wait_for(lambda: _jobs_line(env, pid, queued["job"], "posted"), 30, 1,
-                        "the job listed as done")
+    jobs_cli = wait_for("the job listed as done",
+                        lambda: _jobs_line(env, pid, queued["job"], "posted"), 30, 1)
     assert f"tracks posted to task {task_id}" in jobs_cli, jobs_cli
     listed = requests.get(f"{backend.url}/jobs", params={"key": f"ls-{pid}"}, timeout=10)
     meta = next(j["meta"] for j in listed.json()["jobs"] if j["id"] == queued["job"])
@@ -146,8 +147,8 @@ def test_a_long_clip_is_tracked_by_a_worker_that_posts_the_prediction(ls_admin, 
     again = requests.post(f"{backend.url}/predict", json={
         "tasks": [{"id": task_id, "data": ls_admin.tasks(pid)[0]["data"]}],
         "project": f"{pid}.0", "label_config": CONFIG}, timeout=60).json()
-    wait_for(lambda: _job_done(backend.url, pid, again["jobs"][0]["job"]), 120, 2,
-             "the second job to finish")
+    wait_for("the second job to finish",
+             lambda: _job_done(backend.url, pid, again["jobs"][0]["job"]), 120, 2)
     assert len(ls_admin.predictions(pid)) == 1
 
 
@@ -186,7 +187,7 @@ def test_an_annotators_two_keyframes_are_filled_by_tracking(ls_admin, worker_bac
         sequence = result[0]["value"]["sequence"]
         return result if len(sequence) > 2 else None
 
-    result = wait_for(filled, 240, 2, "the annotation filled by propagation")
+    result = wait_for("the annotation filled by propagation", filled, 240, 2)
     sequence = result[0]["value"]["sequence"]
     frames = [k["frame"] for k in sequence]
     assert first in frames and last in frames, "the annotator's keyframes stay"
@@ -261,7 +262,7 @@ def test_annotated_videos_train_a_version_that_holds_out_whole_videos(ls_admin, 
         assert not any(j["status"] == "failed" for j in done), done
         return done[0] if done and done[0]["status"] == "finished" else None
 
-    job = wait_for(trained, 600, 3, "the training job")
+    job = wait_for("the training job", trained, 600, 3)
     key = f"ls-{pid}-box"
     (written,) = (worker_backend["tmp"] / "models" / "store" / key).glob("v*/version.json")
     version = json.loads(written.read_text())
